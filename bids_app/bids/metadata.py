@@ -1,0 +1,190 @@
+"""Metadata resolver: every sidecar value a model uses is checked here, never guessed.
+
+Times must be in seconds and angles in degrees (BIDS). A value that is plausible only in
+another unit (an ``EchoTime`` of 3.5, a ``RepetitionTime`` of 15, a ``FlipAngle`` of 0.349)
+is refused with :class:`~bids_app.errors.MetadataError` naming the file, the key, the value
+and the expected unit, which the CLI turns into exit 65.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bids_app.errors import MetadataError
+from bids_app.models.base import Collection, InputSpec, MetaSpec, Volume
+
+
+def _lookup(meta: Mapping[str, Any], spec: MetaSpec) -> tuple[str, Any]:
+    for key in (spec.key, *spec.aliases):
+        if key in meta:
+            return key, meta[key]
+    return spec.key, None
+
+
+def _looks_like_radians(value: float) -> bool:
+    """True for non-integer values below pi that are an integer number of degrees in radians."""
+    if value >= math.pi or float(value).is_integer():
+        return False
+    deg = math.degrees(value)
+    return abs(deg - round(deg)) < 0.02 * max(1.0, abs(deg)) and round(deg) >= 1
+
+
+def check_value(path: str, spec: MetaSpec, key: str, value: Any) -> Any:
+    """Check one metadata value against its spec and return it in SI units / degrees.
+
+    Parameters
+    ----------
+    path : str
+        The sidecar (or image) the value came from, for the error message.
+    spec : MetaSpec
+        Kind and plausible range.
+    key : str
+        The key actually read (``spec.key`` or an alias).
+    value : object
+        The raw JSON value.
+
+    Returns
+    -------
+    float or bool
+
+    Raises
+    ------
+    MetadataError
+        Wrong type, non-finite, out of range, or plausible only in another unit.
+    """
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise MetadataError(path, key, value, "a JSON boolean (true or false)")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        unit = {"time": "a number in seconds", "angle": "a number in degrees"}
+        raise MetadataError(path, key, value, unit.get(spec.kind, "a number"))
+    x = float(value)
+    lo, hi = spec.valid
+    if not math.isfinite(x):
+        raise MetadataError(path, key, value, "a finite number")
+    if spec.kind == "time":
+        if x > hi and lo * 1000 <= x <= hi * 1000:
+            raise MetadataError(
+                path, key, value,
+                f"seconds in [{lo:g}, {hi:g}]; this looks like milliseconds "
+                f"({x / 1000:g} s?) — BIDS times are in seconds",
+            )
+        if not lo <= x <= hi:
+            raise MetadataError(path, key, value, f"seconds in [{lo:g}, {hi:g}]")
+    elif spec.kind == "angle":
+        if _looks_like_radians(x) or x < lo and x <= math.pi and x > 0:
+            raise MetadataError(
+                path, key, value,
+                f"degrees in [{lo:g}, {hi:g}]; this looks like radians "
+                f"({math.degrees(x):.4g} deg?) — BIDS angles are in degrees",
+            )
+        if not (lo <= x <= hi and x > 0):
+            raise MetadataError(path, key, value, f"degrees in ({max(lo, 0):g}, {hi:g}]")
+    elif not lo <= x <= hi:
+        raise MetadataError(path, key, value, f"a number in [{lo:g}, {hi:g}]")
+    return x
+
+
+def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
+    """Check the metadata of ``volumes`` and order them along ``spec.stack_along``.
+
+    Parameters
+    ----------
+    spec : InputSpec
+        The model input being resolved.
+    volumes : sequence of Volume
+        Images of one collection (their ``metadata`` already merged by pybids inheritance).
+
+    Returns
+    -------
+    Collection
+        Volumes sorted by their stacking metadata values; ``params`` holds checked values.
+
+    Raises
+    ------
+    MetadataError
+        Missing required key, wrong unit/type/range, too few/many volumes, or two volumes
+        with the same stacking value (duplicated echo or flip).
+    """
+    if not volumes:
+        raise ValueError(f"no volumes for input {spec.name!r}")
+    lo_n, hi_n = spec.n_volumes
+    if len(volumes) < lo_n or (hi_n and len(volumes) > hi_n):
+        expected = f"{lo_n}" if lo_n == hi_n else f"at least {lo_n}" + (
+            f" and at most {hi_n}" if hi_n else "")
+        raise MetadataError(
+            volumes[0].path, "number of volumes", len(volumes),
+            f"{expected} {spec.query.get('suffix', spec.name)} images in one collection "
+            f"(found {[v.path for v in volumes]})",
+        )
+    params: dict[str, list[Any]] = {}
+    sources: dict[str, str] = {}
+    for ms in spec.metadata:
+        vals = []
+        for vol in volumes:
+            key, raw = _lookup(vol.metadata, ms)
+            if raw is None:
+                if ms.required:
+                    raise MetadataError(
+                        _sidecar(vol.path), ms.key, None,
+                        f"the key to be present (aliases: {list(ms.aliases)})"
+                        if ms.aliases else "the key to be present",
+                    )
+                vals.append(None)
+                continue
+            vals.append(check_value(_sidecar(vol.path), ms, key, raw))
+            sources[ms.key] = key
+        params[ms.key] = vals
+    order = list(range(len(volumes)))
+    if spec.stack_along:
+        keys = [tuple(params[k][i] for k in spec.stack_along) for i in order]
+        seen: dict[tuple, int] = {}
+        for i, k in enumerate(keys):
+            if k in seen:
+                raise MetadataError(
+                    _sidecar(volumes[i].path), "/".join(spec.stack_along), k[0] if len(k) == 1
+                    else k, f"a value distinct from {volumes[seen[k]].path} (duplicated "
+                    f"{'/'.join(spec.stack_along)} within one collection)",
+                )
+            seen[k] = i
+        order.sort(key=lambda i: keys[i])
+    return Collection(
+        name=spec.name,
+        volumes=tuple(volumes[i] for i in order),
+        params={k: tuple(v[i] for i in order) for k, v in params.items()},
+        sources=sources,
+    )
+
+
+def _sidecar(path: str) -> str:
+    """The JSON sidecar path of an image path (for messages)."""
+    for ext in (".nii.gz", ".nii"):
+        if path.endswith(ext):
+            return path[: -len(ext)] + ".json"
+    return path
+
+
+def check_entity_agreement(coll: Collection, entity: str, key: str, mapping: Mapping) -> None:
+    """Check an entity agrees with its metadata (e.g. ``mt-on`` with ``MTState: true``).
+
+    Raises
+    ------
+    MetadataError
+        When the entity value and the metadata disagree.
+    """
+    for vol, val in zip(coll.volumes, coll.params.get(key, ()), strict=False):
+        ent = vol.entities.get(entity)
+        if ent is not None and ent in mapping and val is not None and mapping[ent] != val:
+            raise MetadataError(
+                _sidecar(vol.path), key, val, f"{mapping[ent]!r} to agree with {entity}-{ent}"
+            )
+
+
+def as_float_array(values: Sequence[Any]) -> np.ndarray:
+    """Convert checked values to a float array (booleans become 0/1)."""
+    return np.asarray([float(v) for v in values])

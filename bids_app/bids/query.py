@@ -1,0 +1,157 @@
+"""Resolve a model's declared inputs for one subject/session into checked collections.
+
+Queries are data (``InputSpec.query``); this module runs them with pybids, reads metadata with
+``BIDSLayout.get_metadata`` (inheritance included), groups files into collections (all
+entities except the model's ``index_entities`` identify a collection) and checks every value
+through :mod:`bids_app.bids.metadata`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bids import BIDSLayout
+
+from bids_app.bids.metadata import build_collection
+from bids_app.models.base import Collection, InputSpec, QMRIModel, Volume
+
+logger = logging.getLogger(__name__)
+
+NIFTI = (".nii", ".nii.gz")
+#: entities that never identify a collection
+_NON_IDENTIFYING = {"suffix", "extension", "datatype"}
+#: structural images used as reference / for segmentation, by CONTRACT name
+STRUCTURAL = {
+    "FLAIR": {"datatype": "anat", "suffix": "FLAIR"},
+    "T1w": {"datatype": "anat", "suffix": "T1w", "ceagent": None},
+    "T2w": {"datatype": "anat", "suffix": "T2w"},
+}
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One fit to run: a model with the collections of one acquisition set."""
+
+    model: type[QMRIModel]
+    collections: Mapping[str, Collection]
+    entities: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[str]:
+        """All input image paths, in stacking order."""
+        return [p for c in self.collections.values() for p in c.paths]
+
+
+def _matches(entities: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    for key, want in filters.items():
+        have = entities.get(key)
+        wants = want if isinstance(want, (list, tuple)) else [want]
+        if have not in wants and not (have is not None and str(have) in map(str, wants)):
+            return False
+    return True
+
+
+def find_volumes(
+    layout: BIDSLayout,
+    subject: str,
+    session: str | None,
+    query: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> list[Volume]:
+    """NIfTI files of one subject/session matching ``query`` (+ ``extra`` filters).
+
+    ``suffix`` and ``datatype`` are passed to pybids; every other key is matched in Python
+    so that ``None`` means "entity absent" and lists mean "any of".
+    """
+    base = {k: query[k] for k in ("suffix", "datatype") if k in query}
+    rest = {k: v for k, v in query.items() if k not in base and k != "extension"}
+    rest.update(extra or {})
+    kw: dict[str, Any] = {"subject": subject, "extension": list(NIFTI), **base}
+    files = layout.get(**kw)
+    out = []
+    for f in sorted(files, key=lambda f: f.path):
+        ent = f.get_entities()
+        if ent.get("session") != session:
+            continue
+        if not _matches(ent, rest):
+            continue
+        out.append(Volume(f.path, dict(ent), dict(layout.get_metadata(f.path))))
+    return out
+
+
+def _identity(vol: Volume, index_entities: tuple[str, ...]) -> tuple:
+    skip = _NON_IDENTIFYING | set(index_entities)
+    return tuple(sorted((k, str(v)) for k, v in vol.entities.items() if k not in skip))
+
+
+def shared_entities(volumes: list[Volume]) -> dict[str, Any]:
+    """Entities with one value across ``volumes`` (NiPreps DerivativesDataSink rule)."""
+    if not volumes:
+        return {}
+    first = dict(volumes[0].entities)
+    return {
+        k: v for k, v in first.items()
+        if k not in _NON_IDENTIFYING and all(x.entities.get(k) == v for x in volumes[1:])
+    }
+
+
+def resolve_model(
+    layout: BIDSLayout,
+    model: type[QMRIModel],
+    subject: str,
+    session: str | None,
+    filters: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[ModelRun]:
+    """All fits of ``model`` for one subject/session (one per collection), possibly none.
+
+    Raises
+    ------
+    MetadataError
+        From the metadata checks of a collection that exists but is wrong.
+    """
+    filters = filters or {}
+    specs = {s.name: s for s in model.inputs}
+    for names in model.input_sets():
+        found = {n: find_volumes(layout, subject, session, specs[n].query, filters.get(n))
+                 for n in names}
+        if not all(found.values()):
+            continue
+        lead = specs[names[0]]
+        groups: dict[tuple, list[Volume]] = {}
+        for vol in found[names[0]]:
+            groups.setdefault(_identity(vol, lead.index_entities), []).append(vol)
+        runs = []
+        for vols in groups.values():
+            colls = {names[0]: build_collection(lead, vols)}
+            for n in names[1:]:
+                colls[n] = build_collection(specs[n], found[n])
+            for s in model.inputs:
+                if s.optional and s.name not in colls and s.name not in names:
+                    opt = find_volumes(layout, subject, session, s.query, filters.get(s.name))
+                    if opt:
+                        colls[s.name] = build_collection(s, opt)
+            runs.append(ModelRun(model, colls, shared_entities(vols)))
+        return runs
+    return []
+
+
+def find_structural(
+    layout: BIDSLayout,
+    subject: str,
+    session: str | None,
+    filters: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Volume]:
+    """The structural images (FLAIR, T1w, T2w) of a subject/session; the first run of each."""
+    filters = filters or {}
+    out = {}
+    for name, query in STRUCTURAL.items():
+        vols = find_volumes(layout, subject, session, query, filters.get(name.lower()))
+        if vols:
+            if len(vols) > 1:
+                logger.info("sub-%s: %d %s images; using %s", subject, len(vols), name,
+                            vols[0].path)
+            out[name] = vols[0]
+    return out

@@ -1,0 +1,9 @@
+"""qMRI models: declared inputs and outputs, pure array fits, and the registry.
+
+Importing this package imports every model module, which registers its models.
+"""
+
+from bids_app.models import b1, mt, relaxometry  # noqa: F401  (registration side effect)
+from bids_app.models.base import REGISTRY, get_model, model_names
+
+__all__ = ["REGISTRY", "get_model", "model_names"]

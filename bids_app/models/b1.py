@@ -1,0 +1,452 @@
+"""Relative B1+ maps (``b1``): actual / nominal flip angle, 1.0 = nominal.
+
+Three inputs are recognised; the first one present wins (:attr:`B1Model.alternatives`):
+
+``tb1map``
+    ``fmap/*_TB1map`` given directly. Its scale (fraction or percent) comes from the sidecar
+    ``Units`` or, without it, from the values: the caller (which holds the image) calls
+    :func:`b1_scale_from_values` and :meth:`B1Model.with_scale`.
+``tb1afi``
+    Actual flip-angle imaging (Yarnykh 2007): two interleaved TRs ``TR1 < TR2``, one flip
+    angle. With ``r = S2/S1`` and ``n = TR2/TR1``, ``cos α = (r n - 1)/(n - r)``, exact for
+    ideal spoiling when ``TR1, TR2 << T1`` (error < 0.7 % for T1 >= 0.8 s, B1 <= 1.5 with
+    TR1/TR2 = 20/100 ms and 60°).
+``tb1dam``
+    Double-angle method (Insko & Bolinger 1993): images at α and 2α with TR >> T1, so
+    ``S ∝ sin(B1 α)`` and ``B1 α = arccos(S_2α / (2 S_α))``. Magnitude images fold actual
+    angles above 90° back below it, so B1 is measurable up to ``90° / α``.
+
+After the voxel fit, :meth:`B1Model.spatial_postprocess` smooths the map with a mask-aware
+(normalised-convolution) Gaussian and fills voxels outside the mask, because consumers need B1
+everywhere inside their own brain masks.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+from bids_app.errors import MetadataError
+from bids_app.models._mt_physics import afi_b1, dam_b1
+from bids_app.models.base import (
+    Collection,
+    InputSpec,
+    MetaSpec,
+    OutputSpec,
+    QMRIModel,
+    register,
+)
+from bids_app.models.mt import _RoleError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "B1_RANGE",
+    "B1Model",
+    "afi_b1",
+    "b1_scale_from_values",
+    "dam_b1",
+    "scale_from_units",
+    "smooth_fill_b1",
+]
+
+_EXTENSIONS = [".nii", ".nii.gz"]
+_FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+#: Valid relative B1. Transmitter calibration makes B1 ~ 1 on average; whole-head ranges are
+#: about 0.7-1.3 at 3 T and 0.4-1.6 at 7 T. Values outside [0.3, 2] come from noise (low
+#: signal) or background, never from tissue. (DAM fold-over above 90° cannot be flagged.)
+B1_RANGE = (0.3, 2.0)
+#: Default smoothing. B1+ varies over fractions of the RF wavelength in tissue (~26 cm at
+#: 3 T, ~12 cm at 7 T), i.e. over several cm: an 8 mm FWHM Gaussian (σ = 3.4 mm) biases such
+#: a field by < 1 % while it averages the noise of 3-5 mm AFI/DAM voxels and bridges holes.
+#: 0 disables smoothing (holes and the outside of the mask are still filled).
+DEFAULT_FWHM_MM = 8.0
+#: Medians of positive voxels that identify a fraction- or a percent-valued map.
+FRACTION_BAND = (0.4, 1.6)
+PERCENT_BAND = (40.0, 160.0)
+
+_PERCENT_UNITS = {"%", "percent", "percentage", "pct", "p.u.", "pu"}
+_FRACTION_UNITS = {"1", "fraction", "ratio", "relative", "unitless", "dimensionless", "none"}
+_UNINFORMATIVE_UNITS = {"", "a.u.", "au", "arbitrary", "arbitrary units"}
+
+
+def b1_scale_from_values(
+    values: np.ndarray | None, units: str | None = None, *, path: Any = None
+) -> float:
+    """Factor that turns a given B1 map into a fraction of the nominal flip angle.
+
+    Parameters
+    ----------
+    values : array_like or None
+        Map values, preferably inside the brain mask; only positive finite ones are used.
+        May be ``None`` when ``units`` is informative.
+    units : str or None
+        The sidecar ``Units``. ``'percent'``/``'%'`` gives 0.01 and ``'fraction'``/``'1'``
+        gives 1; absent or ``'a.u.'`` means the scale is inferred from the median of the
+        values: within ``FRACTION_BAND`` -> 1, within ``PERCENT_BAND`` -> 0.01.
+    path : str or Path, optional
+        File named in errors.
+
+    Returns
+    -------
+    float
+        1.0 or 0.01.
+
+    Raises
+    ------
+    MetadataError
+        For unknown units, for values that contradict the units, or when the median fits
+        neither band.
+
+    Examples
+    --------
+    >>> b1_scale_from_values(np.array([0.0, 0.9, 1.1]))
+    1.0
+    >>> b1_scale_from_values(None, "percent")
+    0.01
+    """
+    expected = (
+        f"'Units' percent or fraction, or values whose median is in {FRACTION_BAND} "
+        f"(fraction) or {PERCENT_BAND} (percent of the nominal flip angle)"
+    )
+    scale = scale_from_units(units, path=path)
+    median = None
+    if values is not None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[np.isfinite(v) & (v > 0)]
+        median = float(np.median(v)) if v.size else None
+    if scale is not None:
+        if median is not None and not FRACTION_BAND[0] <= median * scale <= FRACTION_BAND[1]:
+            msg = f"units matching the values (median of positive voxels {median:.4g})"
+            raise MetadataError(path, "Units", units, msg)
+        return scale
+    if median is None:
+        raise MetadataError(path, "Units", units, expected + "; the map has no positive voxel")
+    if FRACTION_BAND[0] <= median <= FRACTION_BAND[1]:
+        return 1.0
+    if PERCENT_BAND[0] <= median <= PERCENT_BAND[1]:
+        return 0.01
+    raise MetadataError(
+        path, "Units", f"{units!r} (median of positive voxels {median:.4g})", expected
+    )
+
+
+def scale_from_units(units: str | None, *, path: Any = None) -> float | None:
+    """Scale of a TB1map from its sidecar ``Units`` alone.
+
+    Returns
+    -------
+    float or None
+        0.01 for percent, 1.0 for fractions, ``None`` when ``units`` is absent or says
+        nothing (``'a.u.'``, ``'arbitrary'``).
+
+    Raises
+    ------
+    MetadataError
+        For any other value.
+
+    Examples
+    --------
+    >>> scale_from_units("%"), scale_from_units("fraction"), scale_from_units(None)
+    (0.01, 1.0, None)
+    """
+    if units is None:
+        return None
+    u = str(units).strip().lower()
+    if u in _PERCENT_UNITS or u.startswith("percent"):
+        return 0.01
+    if u in _FRACTION_UNITS or u.startswith(("fraction", "ratio", "relative")):
+        return 1.0
+    if u in _UNINFORMATIVE_UNITS:
+        return None
+    raise MetadataError(
+        path, "Units", units, "'percent' or 'fraction' (of the nominal flip angle), or absent"
+    )
+
+
+def smooth_fill_b1(
+    b1: np.ndarray,
+    mask: np.ndarray | None,
+    zooms: Sequence[float],
+    *,
+    fwhm_mm: float = DEFAULT_FWHM_MM,
+    valid_range: tuple[float, float] | None = B1_RANGE,
+) -> np.ndarray:
+    """Mask-aware Gaussian smoothing of a B1 map, filled everywhere.
+
+    Parameters
+    ----------
+    b1 : (X, Y, Z) array_like
+        Relative B1.
+    mask : (X, Y, Z) array_like of bool or None
+        Voxels whose values are trusted (default: all finite voxels).
+    zooms : sequence of float
+        Voxel sizes in mm (at least ``b1.ndim`` of them).
+    fwhm_mm : float
+        Gaussian FWHM in mm; 0 disables smoothing.
+    valid_range : (2,) tuple of float or None
+        Values outside are not trusted either.
+
+    Returns
+    -------
+    (X, Y, Z) ndarray
+        ``G*(w b1) / G*w`` with ``w`` the trusted voxels (normalised convolution), so a
+        constant field stays constant and voxels outside the mask get a weighted average of
+        nearby trusted values. Voxels beyond the kernel's reach take the value of the nearest
+        filled voxel. All NaN if no voxel is trusted.
+
+    Examples
+    --------
+    >>> m = np.zeros((9, 9, 9), bool); m[3:6, 3:6, 3:6] = True
+    >>> out = smooth_fill_b1(np.where(m, 0.9, np.nan), m, (2.0, 2.0, 2.0))
+    >>> bool(np.allclose(out, 0.9))
+    True
+    """
+    b1 = np.asarray(b1, dtype=np.float64)
+    w = np.isfinite(b1)
+    if mask is not None:
+        w &= np.asarray(mask, dtype=bool)
+    if valid_range is not None:
+        w &= (b1 >= valid_range[0]) & (b1 <= valid_range[1])
+    if not w.any():
+        return np.full(b1.shape, np.nan)
+    if fwhm_mm < 0:
+        raise ValueError(f"smoothing_fwhm_mm must be >= 0, got {fwhm_mm}")
+    zooms = np.asarray(zooms, dtype=float)[: b1.ndim]
+    if fwhm_mm > 0:
+        sigma = fwhm_mm * _FWHM_TO_SIGMA / zooms
+        num = gaussian_filter(np.where(w, b1, 0.0), sigma, mode="constant", cval=0.0)
+        den = gaussian_filter(w.astype(np.float64), sigma, mode="constant", cval=0.0)
+        with np.errstate(all="ignore"):
+            out = np.where(den > 1e-8, num / den, np.nan)
+    else:
+        out = np.where(w, b1, np.nan)
+    holes = ~np.isfinite(out)
+    if holes.any():
+        idx = distance_transform_edt(
+            holes, sampling=zooms, return_distances=False, return_indices=True
+        )
+        out = out[tuple(idx)]
+    return out
+
+
+def _afi_roles(trs: Sequence[float]) -> tuple[int, int]:
+    """Return the indices (short TR, long TR) of an AFI pair; raise if the TRs are equal."""
+    if len(trs) != 2:
+        raise _RoleError(0, "RepetitionTimeExcitation", list(trs), "two AFI volumes")
+    i1, i2 = (0, 1) if trs[0] < trs[1] else (1, 0)
+    if np.isclose(trs[i1], trs[i2], rtol=1e-3, atol=0):
+        msg = f"a TR different from the other AFI volume ({trs[0]:g} s)"
+        raise _RoleError(1, "RepetitionTimeExcitation", float(trs[1]), msg)
+    return i1, i2
+
+
+def _dam_roles(flips: Sequence[float]) -> tuple[int, int]:
+    """Return the indices (α, 2α) of a DAM pair; raise unless the flip ratio is 2 (±2 %)."""
+    if len(flips) != 2:
+        raise _RoleError(0, "FlipAngle", list(flips), "two DAM volumes")
+    ia, i2a = (0, 1) if flips[0] < flips[1] else (1, 0)
+    if not np.isclose(flips[i2a], 2.0 * flips[ia], rtol=0.02, atol=0):
+        msg = f"twice the other DAM flip angle ({flips[ia]:g} deg), within 2 %"
+        raise _RoleError(i2a, "FlipAngle", float(flips[i2a]), msg)
+    return ia, i2a
+
+
+@register
+class B1Model(QMRIModel):
+    """Relative B1+ (actual / nominal flip angle) from a TB1map, AFI or DAM acquisition.
+
+    Parameters
+    ----------
+    method : {'tb1map', 'tb1afi', 'tb1dam'}
+        Which input the data come from.
+    flip_angles : sequence of float
+        Nominal flip angles in degrees, per volume in stacking order (AFI, DAM).
+    repetition_times : sequence of float
+        TRs in s per volume in stacking order (AFI).
+    scale : float or None
+        Factor applied to a given TB1map (1 for fractions, 0.01 for percent); ``None`` means
+        not decided yet (see :meth:`with_scale`).
+    scale_source : str or None
+        How the scale was decided (recorded in :attr:`acquisition`).
+    smoothing_fwhm_mm : float
+        FWHM of :meth:`spatial_postprocess` in mm (default 8; 0 disables smoothing).
+    """
+
+    name = "b1"
+    description = "Relative B1+ map from a TB1map, AFI (Yarnykh 2007) or DAM (Insko 1993)"
+    reference = (
+        "Yarnykh VL. Magn Reson Med 2007;57:192-200 (AFI); "
+        "Insko EK, Bolinger L. J Magn Reson A 1993;103:82-85 (DAM)"
+    )
+    inputs = (
+        InputSpec(
+            "tb1map",
+            {"datatype": "fmap", "suffix": "TB1map", "extension": _EXTENSIONS},
+            n_volumes=(1, 1),
+            optional=True,
+        ),
+        InputSpec(
+            "tb1afi",
+            {"datatype": "fmap", "suffix": "TB1AFI", "extension": _EXTENSIONS},
+            metadata=(
+                MetaSpec("FlipAngle", "angle", (1.0, 180.0)),
+                MetaSpec(
+                    "RepetitionTimeExcitation", "time", (1e-3, 1.0), aliases=("RepetitionTime",)
+                ),
+            ),
+            stack_along=("RepetitionTimeExcitation",),
+            index_entities=("acquisition",),
+            n_volumes=(2, 2),
+            optional=True,
+        ),
+        InputSpec(
+            "tb1dam",
+            {"datatype": "fmap", "suffix": "TB1DAM", "extension": _EXTENSIONS},
+            metadata=(MetaSpec("FlipAngle", "angle", (1.0, 180.0)),),
+            stack_along=("FlipAngle",),
+            index_entities=("flip",),
+            n_volumes=(2, 2),
+            optional=True,
+        ),
+    )
+    alternatives = (("tb1map",), ("tb1afi",), ("tb1dam",))
+    outputs = (OutputSpec("B1", "TB1map", "fraction of nominal flip angle", valid_range=B1_RANGE),)
+    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
+        "smoothing_fwhm_mm": (DEFAULT_FWHM_MM,)
+    }
+
+    def __init__(
+        self,
+        method: str = "tb1map",
+        *,
+        flip_angles: Sequence[float] = (),
+        repetition_times: Sequence[float] = (),
+        scale: float | None = None,
+        scale_source: str | None = None,
+        tr_key: str = "RepetitionTimeExcitation",
+        **options: Any,
+    ):
+        super().__init__(**options)
+        fwhm = self.options["smoothing_fwhm_mm"]
+        if not isinstance(fwhm, (int, float)) or isinstance(fwhm, bool) or not fwhm >= 0:
+            raise ValueError(f"b1: smoothing_fwhm_mm={fwhm!r}; expected a number >= 0 (mm)")
+        methods = [names[0] for names in self.alternatives]
+        if method not in methods:
+            raise ValueError(f"b1: method={method!r}; valid: {methods}")
+        self.method = method
+        self.flip_angles = [float(f) for f in flip_angles]
+        self.repetition_times = [float(t) for t in repetition_times]
+        self.tr_key = tr_key
+        self.scale, self.scale_source = None, None
+        if scale is not None:
+            self._set_scale(scale, scale_source)
+        if method == "tb1afi":
+            self.order = _afi_roles(self.repetition_times)
+            if len(self.flip_angles) != 2 or not np.isclose(*self.flip_angles, rtol=1e-3):
+                raise _RoleError(1, "FlipAngle", self.flip_angles, "one flip angle for both")
+        elif method == "tb1dam":
+            self.order = _dam_roles(self.flip_angles)
+
+    def _set_scale(self, scale: float, source: str | None) -> None:
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"b1: scale must be a positive number, got {scale!r}")
+        self.scale, self.scale_source = float(scale), source
+
+    def with_scale(self, scale: float, *, source: str = "values") -> B1Model:
+        """Return a copy that multiplies TB1map values by ``scale``.
+
+        ``scale`` comes from :func:`b1_scale_from_values`; ``source`` says how it was decided.
+        """
+        new = copy.copy(self)
+        new._set_scale(scale, source)
+        return new
+
+    @classmethod
+    def from_collections(cls, collections: Mapping[str, Collection], **options) -> B1Model:
+        """Build from the first present input of :attr:`alternatives`.
+
+        Raises
+        ------
+        MetadataError
+            If no input is present, the AFI TRs are equal, the AFI flip angles differ or the
+            DAM flip angles are not α and 2α (naming the file and key).
+        """
+        method = next((n[0] for n in cls.alternatives if all(k in collections for k in n)), None)
+        if method is None:
+            raise MetadataError(
+                None, "inputs", sorted(collections), "one of TB1map, TB1AFI or TB1DAM"
+            )
+        coll = collections[method]
+        if method == "tb1map":
+            units = coll.volumes[0].metadata.get("Units")
+            scale = scale_from_units(units, path=coll.volumes[0].path)
+            if scale is None:  # decided from the values by the caller (with_scale)
+                return cls("tb1map", **options)
+            return cls("tb1map", scale=scale, scale_source=f"Units={units!r}", **options)
+        flips = coll.values("FlipAngle")
+        try:
+            if method == "tb1afi":
+                coll.common("FlipAngle")
+                trs = coll.values("RepetitionTimeExcitation")
+                tr_key = coll.sources.get("RepetitionTimeExcitation", "RepetitionTimeExcitation")
+                return cls(
+                    "tb1afi", flip_angles=flips, repetition_times=trs, tr_key=tr_key, **options
+                )
+            return cls("tb1dam", flip_angles=flips, **options)
+        except _RoleError as err:
+            raise err.to_metadata_error(coll) from None
+
+    def prepare(self, data: np.ndarray, mask: np.ndarray, *, path: str | None = None) -> B1Model:
+        """Decide the TB1map scale (fraction or percent) from the in-mask values if needed."""
+        if self.method != "tb1map" or self.scale is not None:
+            return self
+        values = np.asarray(data)[..., 0][np.asarray(mask, dtype=bool)]
+        return self.with_scale(b1_scale_from_values(values, path=path),
+                               source="inferred from the median of the in-mask values")
+
+    @property
+    def acquisition(self) -> dict[str, Any]:
+        """Method and parameters used, per volume in stacking order."""
+        acq: dict[str, Any] = {"B1Method": self.method}
+        if self.method == "tb1map":
+            acq.update(B1Scale=self.scale, B1ScaleSource=self.scale_source)
+        else:
+            acq["FlipAngle"] = list(self.flip_angles)
+        if self.method == "tb1afi":
+            acq[self.tr_key] = list(self.repetition_times)
+        return acq
+
+    def _fit_voxels(self, signal: np.ndarray, **covariates: np.ndarray) -> np.ndarray:
+        if self.method == "tb1map":
+            scale = self.scale
+            if scale is None:
+                logger.warning(
+                    "b1: TB1map scale undecided; inferring it from this chunk (call "
+                    "with_scale(b1_scale_from_values(...)) on the whole map)"
+                )
+                scale = b1_scale_from_values(signal[:, 0])
+            b1 = signal[:, 0] * scale
+            return np.where(np.isfinite(b1) & (b1 > 0), b1, np.nan)[:, None]
+        i, j = self.order
+        if self.method == "tb1afi":
+            n = self.repetition_times[j] / self.repetition_times[i]
+            return afi_b1(signal[:, i], signal[:, j], n, np.deg2rad(self.flip_angles[i]))[:, None]
+        return dam_b1(signal[:, i], signal[:, j], np.deg2rad(self.flip_angles[i]))[:, None]
+
+    def spatial_postprocess(
+        self, maps: dict[str, np.ndarray], *, zooms: tuple[float, ...], mask: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Mask-aware smoothing and filling of the B1 map (see :func:`smooth_fill_b1`)."""
+        out = dict(maps)
+        b1 = np.asarray(maps["B1"])
+        dtype = b1.dtype if np.issubdtype(b1.dtype, np.floating) else np.float64
+        fwhm = float(self.options["smoothing_fwhm_mm"])
+        out["B1"] = smooth_fill_b1(b1, mask, zooms, fwhm_mm=fwhm).astype(dtype)
+        return out

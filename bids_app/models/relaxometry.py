@@ -1,0 +1,295 @@
+"""Relaxometry models: VFA (DESPOT1) T1, multi-echo GRE R2*, multi-echo spin-echo T2.
+
+The signal equations and solvers are pure functions on ``(n_vox, n_meas)`` arrays, written in
+:mod:`bids_app.models._relax_solvers` and re-exported here; the model classes only hold the
+acquisition and pick a solver by name. All times are in seconds and flip angles in degrees
+at the interface, radians inside. A voxel with any zero, negative or non-finite signal value
+gets NaN parameters (no exception, no warning).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bids_app.errors import MetadataError
+from bids_app.models._relax_solvers import (
+    despot1_linear,
+    despot1_nonlinear,
+    monoexp_loglinear,
+    monoexp_nonlinear,
+    monoexp_signal,
+    spgr_signal,
+)
+from bids_app.models.base import (
+    Collection,
+    InputSpec,
+    MetaSpec,
+    OutputSpec,
+    QMRIModel,
+    register,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MEGRER2starModel",
+    "MESET2Model",
+    "VFAT1Model",
+    "despot1_linear",
+    "despot1_nonlinear",
+    "monoexp_loglinear",
+    "monoexp_nonlinear",
+    "monoexp_signal",
+    "spgr_signal",
+]
+
+_NII = [".nii", ".nii.gz"]
+
+
+_VFA_METHODS = {"linear": despot1_linear, "nonlinear": despot1_nonlinear}
+_MONOEXP_METHODS = {"loglinear": monoexp_loglinear, "nonlinear": monoexp_nonlinear}
+
+
+def _require_distinct(coll: Collection, key: str, values: np.ndarray, n_min: int, why: str):
+    """Raise MetadataError unless ``values`` holds at least ``n_min`` distinct values."""
+    if np.unique(values).size < n_min:
+        path = coll.volumes[0].path if coll.volumes else None
+        raise MetadataError(
+            path,
+            coll.sources.get(key, key),
+            [float(v) for v in values],
+            f"at least {n_min} distinct values of {key} in collection {coll.name!r} {why}",
+        )
+
+
+def _distinct_or_raise(model: str, key: str, values: np.ndarray, n_min: int) -> None:
+    """Raise ValueError unless ``values`` are finite, positive and ``n_min`` are distinct."""
+    if values.ndim != 1 or not np.all(np.isfinite(values) & (values > 0)):
+        raise ValueError(f"{model}: {key} must be a 1-D array of positive numbers, got {values}")
+    if np.unique(values).size < n_min:
+        raise ValueError(f"{model}: needs at least {n_min} distinct {key} values, got {values}")
+
+
+# --------------------------------------------------------------------------- models
+
+
+@register
+class VFAT1Model(QMRIModel):
+    """T1, R1 and M0 from variable flip angle SPGR images (DESPOT1), B1-corrected if given.
+
+    Parameters
+    ----------
+    flip_angle : (m,) array_like
+        Nominal flip angle of each volume, degrees, in the order of the data's last axis.
+    repetition_time : float
+        Excitation repetition time, s.
+    fit_method : {'linear', 'nonlinear'}
+        :func:`despot1_linear` (closed form) or :func:`despot1_nonlinear` (SPGR least squares).
+
+    Notes
+    -----
+    ``_fit_voxels(signal, b1=None)`` takes the relative B1+ (actual / nominal flip angle) as a
+    per-voxel covariate. Ignoring a true B1+ of ``b`` scales the apparent T1 by about ``b²``
+    (small-angle limit), e.g. 0.72 for b = 0.85.
+    """
+
+    name = "vfa_t1"
+    description = "VFA (DESPOT1) T1 mapping from spoiled gradient-echo images"
+    reference = (
+        "Deoni SCL, Rutt BK, Peters TM. Magn Reson Med 2003;49:515-526; "
+        "Fram EK et al. Magn Reson Imaging 1987;5:201-208; "
+        "Wang HZ, Riederer SJ, Lee JN. Magn Reson Med 1987;5:399-416"
+    )
+    inputs = (
+        InputSpec(
+            "vfa",
+            {"datatype": "anat", "suffix": "VFA", "extension": _NII},
+            metadata=(
+                MetaSpec("FlipAngle", "angle", (0.5, 90)),
+                MetaSpec(
+                    "RepetitionTimeExcitation", "time", (1e-3, 0.5), aliases=("RepetitionTime",)
+                ),
+            ),
+            stack_along=("FlipAngle",),
+            index_entities=("flip",),
+            n_volumes=(2, 0),
+        ),
+    )
+    outputs = (
+        OutputSpec("T1", "T1map", "s", valid_range=(0.05, 10)),
+        OutputSpec("R1", "R1map", "1/s", valid_range=(0.1, 20)),
+        OutputSpec("M0", "M0map", "arbitrary", valid_range=(0, np.inf)),
+    )
+    uses_b1 = True
+    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {"fit_method": tuple(_VFA_METHODS)}
+
+    def __init__(self, flip_angle: np.ndarray, repetition_time: float, **options: Any):
+        super().__init__(**options)
+        self.flip_angle = np.asarray(flip_angle, dtype=float).ravel()
+        self.repetition_time = float(repetition_time)
+        _distinct_or_raise(self.name, "FlipAngle", self.flip_angle, 2)
+        if not np.isfinite(self.repetition_time) or self.repetition_time <= 0:
+            raise ValueError(f"{self.name}: repetition_time must be > 0 s, got {repetition_time}")
+
+    @classmethod
+    def from_collections(cls, collections: Mapping[str, Collection], **options) -> VFAT1Model:
+        """Build from the ``vfa`` collection (flip angles in degrees, TR in s)."""
+        coll = collections["vfa"]
+        flips = coll.values("FlipAngle")
+        _require_distinct(coll, "FlipAngle", flips, 2, "for a VFA T1 fit")
+        return cls(flips, coll.common("RepetitionTimeExcitation"), **options)
+
+    @property
+    def acquisition(self) -> dict[str, Any]:
+        """Flip angles (degrees) in data order and the repetition time (s)."""
+        return {
+            "FlipAngle": self.flip_angle.tolist(),
+            "RepetitionTimeExcitation": self.repetition_time,
+        }
+
+    def _fit_voxels(self, signal: np.ndarray, b1: np.ndarray | None = None) -> np.ndarray:
+        solver = _VFA_METHODS[self.options["fit_method"]]
+        r1, m0 = solver(signal, self.flip_angle, self.repetition_time, b1=b1)
+        with np.errstate(all="ignore"):
+            return np.stack((1 / r1, r1, m0), axis=-1)
+
+    def predict(self, params: np.ndarray, b1: np.ndarray | None = None) -> np.ndarray:
+        """SPGR signal (n, m) from params (n, 3) = (T1, R1, M0)."""
+        params = np.atleast_2d(params)
+        return spgr_signal(
+            params[:, 2], params[:, 1], self.flip_angle, self.repetition_time, b1=b1
+        )
+
+
+class _MonoExpModel(QMRIModel):
+    """Shared mono-exponential echo-decay model; subclasses set specs and the input name."""
+
+    #: which of (rate, 1/rate, S0) each output column holds, in ``outputs`` order
+    _columns: ClassVar[tuple[str, str, str]] = ("rate", "time", "s0")
+    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
+        "fit_method": tuple(_MONOEXP_METHODS)
+    }
+
+    def __init__(self, echo_time: np.ndarray, **options: Any):
+        super().__init__(**options)
+        self.echo_time = np.asarray(echo_time, dtype=float).ravel()
+        first = 1 if self.options.get("drop_first_echo", False) else 0
+        _distinct_or_raise(self.name, "EchoTime", self.echo_time, 2 + first)
+        # echoes fitted, in data order (the earliest one left out if drop_first_echo)
+        self.fitted = np.sort(np.argsort(self.echo_time, kind="stable")[first:])
+
+    @classmethod
+    def from_collections(cls, collections: Mapping[str, Collection], **options) -> QMRIModel:
+        """Build from the model's only input collection (echo times in s)."""
+        options = cls.check_options(options)  # bad options first, then the metadata
+        coll = collections[cls.inputs[0].name]
+        te = coll.values("EchoTime")
+        drop = bool(options.get("drop_first_echo", False))
+        why = "(one more than 2 because drop_first_echo is set)" if drop else "for a decay fit"
+        _require_distinct(coll, "EchoTime", te, 2 + drop, why)
+        return cls(te, **options)
+
+    @property
+    def acquisition(self) -> dict[str, Any]:
+        """Echo times (s) in data order and the ones actually fitted."""
+        return {
+            "EchoTime": self.echo_time.tolist(),
+            "EchoTimeFitted": self.echo_time[self.fitted].tolist(),
+        }
+
+    def _fit_voxels(self, signal: np.ndarray) -> np.ndarray:
+        solver = _MONOEXP_METHODS[self.options["fit_method"]]
+        rate, s0 = solver(signal[:, self.fitted], self.echo_time[self.fitted])
+        with np.errstate(all="ignore"):
+            cols = {"rate": rate, "time": 1 / rate, "s0": s0}
+        return np.stack([cols[c] for c in self._columns], axis=-1)
+
+    def predict(self, params: np.ndarray) -> np.ndarray:
+        """Decay (n, m) at every echo, dropped ones included, from params (n, 3)."""
+        params = np.atleast_2d(params)
+        rate, s0 = (params[:, self._columns.index(c)] for c in ("rate", "s0"))
+        return monoexp_signal(s0, rate, self.echo_time)
+
+
+@register
+class MEGRER2starModel(_MonoExpModel):
+    """R2*, T2* and S0 from magnitude multi-echo gradient-echo images.
+
+    Parameters
+    ----------
+    echo_time : (m,) array_like
+        Echo times, s, in the order of the data's last axis.
+    fit_method : {'loglinear', 'nonlinear'}
+        :func:`monoexp_loglinear` (S²-weighted, closed form) or :func:`monoexp_nonlinear`.
+    """
+
+    name = "megre_r2star"
+    description = "Mono-exponential R2*/T2* mapping from magnitude multi-echo GRE"
+    reference = (
+        "Veraart J et al. NeuroImage 2013;81:335-346 (weighted log-linear fit); "
+        "Weiskopf N et al. Front Neurosci 2014;8:278 (ESTATICS)"
+    )
+    inputs = (
+        InputSpec(
+            "megre",
+            # magnitude only: the integrator keeps part-mag volumes or ones without `part`
+            {"datatype": "anat", "suffix": "MEGRE", "extension": _NII},
+            metadata=(MetaSpec("EchoTime", "time", (1e-4, 0.2)),),
+            stack_along=("EchoTime",),
+            index_entities=("echo",),
+            n_volumes=(2, 0),
+        ),
+    )
+    outputs = (
+        OutputSpec("R2star", "R2starmap", "1/s", valid_range=(0.5, 1000)),
+        OutputSpec("T2star", "T2starmap", "s", valid_range=(0.001, 2)),
+        OutputSpec("S0", "S0map", "arbitrary", valid_range=(0, np.inf)),
+    )
+
+
+@register
+class MESET2Model(_MonoExpModel):
+    """Mono-exponential T2, R2 and M0 from multi-echo spin-echo images.
+
+    Parameters
+    ----------
+    echo_time : (m,) array_like
+        Echo times, s, in the order of the data's last axis.
+    fit_method : {'loglinear', 'nonlinear'}
+        :func:`monoexp_loglinear` (S²-weighted, closed form) or :func:`monoexp_nonlinear`.
+    drop_first_echo : bool
+        Leave out the earliest echo, which lacks the stimulated-echo contribution of the
+        later ones with imperfect refocusing pulses. The rmse map still compares the model
+        with every echo.
+    """
+
+    name = "mese_t2"
+    description = "Mono-exponential T2 mapping from multi-echo spin echo"
+    reference = (
+        "Veraart J et al. NeuroImage 2013;81:335-346 (weighted log-linear fit); "
+        "Milford D et al. PLoS One 2015;10:e0145255 (mono-exponential MESE T2, first echo)"
+    )
+    inputs = (
+        InputSpec(
+            "mese",
+            {"datatype": "anat", "suffix": "MESE", "extension": _NII},
+            metadata=(MetaSpec("EchoTime", "time", (1e-3, 1.0)),),
+            stack_along=("EchoTime",),
+            index_entities=("echo",),
+            n_volumes=(2, 0),
+        ),
+    )
+    outputs = (
+        OutputSpec("T2", "T2map", "s", valid_range=(0.005, 5)),
+        OutputSpec("R2", "R2map", "1/s", valid_range=(0.2, 200)),
+        OutputSpec("M0", "M0map", "arbitrary", desc="MESE", valid_range=(0, np.inf)),
+    )
+    _columns = ("time", "rate", "s0")
+    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
+        "fit_method": tuple(_MONOEXP_METHODS),
+        "drop_first_echo": (False, True),
+    }

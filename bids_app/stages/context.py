@@ -1,0 +1,76 @@
+"""Per-subject state shared between the participant stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bids import BIDSLayout
+
+from bids_app.config import RunConfig
+
+
+@dataclass
+class Grid:
+    """A voxel grid: shape and voxel-to-world affine (mm)."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    @property
+    def zooms(self) -> tuple[float, ...]:
+        """Voxel sizes in mm."""
+        return tuple(float(z) for z in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+
+@dataclass
+class MapRecord:
+    """A written map: where it is, what it is, its data natively and on the reference grid."""
+
+    key: str                      # 'T1map' or 'desc-MTS_T1map'
+    units: str
+    path: Path                    # native-space file
+    model: str
+    entities: dict[str, Any]      # naming entities of the native file
+    suffix: str
+    datatype: str
+    sidecar: dict[str, Any]
+    native: np.ndarray            # float32 on ``native_grid``
+    native_grid: Grid
+    data_ref: np.ndarray | None = None   # on the reference grid, float32
+
+
+@dataclass
+class SubjectContext:
+    """What the stages of one subject/session share."""
+
+    cfg: RunConfig
+    layout: BIDSLayout
+    derivative_layouts: dict[str, BIDSLayout]
+    subject: str
+    session: str | None
+    entities: dict[str, Any] = field(default_factory=dict)
+    reference_name: str | None = None     # 'FLAIR' / 'T1w' / 'T2w'
+    reference_path: str | None = None
+    grid: Grid | None = None              # reference grid
+    structural: dict[str, Any] = field(default_factory=dict)   # name -> Volume
+    brain_mask: np.ndarray | None = None  # on the reference grid
+    brain_mask_source: str = ""
+    tissue: np.ndarray | None = None      # 0 bg, 1 GM, 2 WM, 3 CSF (reference grid)
+    tissue_source: str = ""
+    lesion_mask: np.ndarray | None = None
+    lesion_source: str = ""
+    b1: list[dict[str, Any]] = field(default_factory=list)     # fitted B1 maps
+    maps: list[MapRecord] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``sub-01`` or ``sub-01_ses-a`` for messages."""
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+    def rel(self, path: str | Path) -> str:
+        """Path relative to the raw dataset root (for ``bids:raw:`` URIs)."""
+        return Path(path).resolve().relative_to(self.cfg.bids_dir.resolve()).as_posix()

@@ -1,0 +1,105 @@
+"""Region and lesion masks in the reference space, and the per-region / per-lesion tables."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from bids_app import regions
+from bids_app.bids.derivatives import bids_uri, build_name, subject_dir, write_image, write_table
+from bids_app.io import save_text
+from bids_app.stages.context import SubjectContext
+
+logger = logging.getLogger(__name__)
+
+REGION_COLUMNS = {
+    "participant_id": "BIDS participant label (sub-<label>)",
+    "session_id": "BIDS session label (ses-<label>), n/a without sessions",
+    "map": "map name: BIDS suffix, with desc-<label>_ when the suffix alone is ambiguous",
+    "units": "units of the map (CONTRACT section 4)",
+    "space": "space of the maps and masks the statistics were computed in",
+    "region": "lesion, NAWM, NAGM, WM, GM, CSF, perilesional_<k>mm",
+    "n_voxels": "voxels in the region",
+    "volume_mm3": "region volume in mm^3",
+    "mean": "mean of the finite map values in the region",
+    "median": "median of the finite map values",
+    "std": "standard deviation of the finite map values",
+    "p05": "5th percentile",
+    "p95": "95th percentile",
+    "n_invalid": "region voxels where the map is not finite (outside the fit or valid range)",
+}
+LESION_COLUMNS = {
+    "participant_id": REGION_COLUMNS["participant_id"],
+    "session_id": REGION_COLUMNS["session_id"],
+    "lesion_id": "integer label of the lesion in the desc-lesions_dseg image",
+    "volume_mm3": "lesion volume in mm^3",
+    "centroid_x": "lesion centroid, world x (mm, scanner RAS)",
+    "centroid_y": "lesion centroid, world y (mm)",
+    "centroid_z": "lesion centroid, world z (mm)",
+    "location": "periventricular, juxtacortical, infratentorial or deep_white_matter",
+    "map": REGION_COLUMNS["map"],
+    "units": REGION_COLUMNS["units"],
+    "mean": "mean of the map in the lesion",
+    "median": "median of the map in the lesion",
+    "std": "standard deviation of the map in the lesion",
+    "core_mean": "mean in the lesion core (farther than the rim width from the border)",
+    "rim_mean": "mean in the lesion rim (within the rim width of the border)",
+}
+def write_masks(ctx: SubjectContext, region_masks: dict[str, np.ndarray],
+                labels: np.ndarray) -> None:
+    """Write the brain, tissue and region masks and the lesion label image."""
+    out, grid = ctx.cfg.output_dir, ctx.grid
+    ents = {"subject": ctx.subject, "session": ctx.session, "space": ctx.reference_name}
+    ref_uri = bids_uri("raw", ctx.rel(ctx.reference_path))
+    side = {"SpatialReference": ref_uri, "Type": "Brain",
+            "Sources": [ref_uri], "Method": ctx.brain_mask_source}
+    write_image(out, "anat", dict(ents, desc="brain"), "mask", ctx.brain_mask, grid.affine,
+                side, dtype=np.uint8)
+    for name in ("lesion", "NAWM", "NAGM", "WM", "GM", "CSF"):
+        method = ctx.lesion_source if name == "lesion" else ctx.tissue_source
+        write_image(out, "anat", dict(ents, label=name), "mask", region_masks[name],
+                    grid.affine, {"SpatialReference": ref_uri, "Method": method,
+                                  "Sources": [ref_uri]}, dtype=np.uint8)
+    path = write_image(out, "anat", dict(ents, desc="lesions"), "dseg", labels, grid.affine,
+                       {"SpatialReference": ref_uri, "Method": ctx.lesion_source,
+                        "Description": "one integer per connected lesion"}, dtype=np.int16)
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    tsv = "index\tname\n" + "".join(f"{i}\tlesion_{i}\n" for i in ids)
+    save_text(path.with_name(path.name.replace(".nii.gz", ".tsv")), tsv)
+
+
+def summarise(ctx: SubjectContext) -> None:
+    """Build the regions, write the masks and both tables of one subject/session."""
+    grid = ctx.grid
+    lesion = ctx.lesion_mask if ctx.lesion_mask is not None else np.zeros(grid.shape)
+    labels = regions.lesion_labels(lesion, zooms=grid.zooms)
+    labels = np.where(ctx.brain_mask, labels, 0)
+    region_masks = regions.build_regions(ctx.tissue, labels > 0, zooms=grid.zooms)
+    write_masks(ctx, region_masks, labels)
+
+    maps = {rec.key: rec.data_ref for rec in ctx.maps if rec.data_ref is not None}
+    units = {rec.key: rec.units for rec in ctx.maps}
+    ids = {"participant_id": f"sub-{ctx.subject}",
+           "session_id": f"ses-{ctx.session}" if ctx.session else None}
+    stats = regions.region_stats(maps, region_masks, zooms=grid.zooms)
+    stats.insert(0, "participant_id", ids["participant_id"])
+    stats.insert(1, "session_id", ids["session_id"])
+    stats.insert(3, "units", stats["map"].map(units))
+    stats.insert(4, "space", ctx.reference_name)
+    stats = stats[list(REGION_COLUMNS)]
+
+    les = regions.lesion_table(labels, maps, affine=grid.affine, zooms=grid.zooms,
+                               tissue=ctx.tissue)
+    les.insert(0, "participant_id", ids["participant_id"])
+    les.insert(1, "session_id", ids["session_id"])
+    les["units"] = les["map"].map(units)
+    les = les[list(LESION_COLUMNS)]
+
+    ents = {"subject": ctx.subject, "session": ctx.session}
+    base = subject_dir(ctx.cfg.output_dir, ents, "")
+    write_table(base / build_name(dict(ents, desc="regions"), "stats", ".tsv"), stats,
+                REGION_COLUMNS)
+    write_table(base / build_name(dict(ents, desc="lesions"), "stats", ".tsv"), les,
+                LESION_COLUMNS)
+    logger.info("%s: %d lesion(s), %d region rows", ctx.label, int(labels.max()), len(stats))

@@ -1,0 +1,374 @@
+"""Plan and write a synthetic MS dataset (raw BIDS plus truth, lesion and tissue derivatives).
+
+Randomness: ``SeedSequence(seed).spawn(n_subjects)`` gives one sequence per subject
+(subject ``k`` is the same whatever the number of subjects); each spawns three
+generators: demographics, anatomy (tissue values, fields, lesions) and noise (one child
+per session).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bids_app.synth import writer
+from bids_app.synth.anatomy import Anatomy, downsample_affine, grid_coordinates
+from bids_app.synth.anatomy import make_anatomy as _make_anatomy
+from bids_app.synth.lesions import PlacementMaps, lesion_rows, place_lesions, render_lesions
+from bids_app.synth.protocol import (
+    COMMON_METADATA,
+    GAIN,
+    SPGR_TE,
+    build_protocol,
+    mtr_truth,
+    noise_sigma,
+)
+from bids_app.synth.signals import add_rician_noise
+from bids_app.synth.tissue import NAWM_CHANGE, NOMINAL, brain_ellipsoid, draw_subject_tissue
+from bids_app.synth.tissue import truth_maps as _truth_maps
+
+logger = logging.getLogger(__name__)
+
+B1_NOISE_SD = 0.01
+#: Raw images are int16 with ``scl_slope = sigma / QUANT_PER_SIGMA`` (rounding noise is
+#: then ``1 / (12 * 8**2)`` = 0.13 % of the Gaussian noise variance).
+QUANT_PER_SIGMA = 8
+_B1_TARGETS = ("VFA", "MTS")
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One synthetic participant: label, group, age (years), sex and seed sequence."""
+
+    label: str
+    group: str
+    age: int
+    sex: str
+    seed: np.random.SeedSequence
+
+    @property
+    def patient(self) -> bool:
+        """True for patients."""
+        return self.group == "patient"
+
+
+@dataclass(frozen=True)
+class SynthPlan:
+    """Everything decided before writing: grid, participants, sessions, noise levels.
+
+    Attributes
+    ----------
+    grid_shape : tuple of 3 int
+        Subject grid (same for everyone).
+    affine : (4, 4) ndarray
+        Subject grid affine (mm).
+    b1_shape, b1_affine
+        The B1 map's grid (voxels 2x coarser).
+    n_brain_voxels : int
+        GM + WM + CSF voxels of the grid.
+    sessions : tuple
+        Session labels, ``(None,)`` for a single session.
+    sigma : dict
+        Gaussian noise SD per collection (raw intensity units).
+    """
+
+    size: str
+    voxel_size: float
+    grid_shape: tuple[int, int, int]
+    affine: np.ndarray
+    b1_shape: tuple[int, int, int]
+    b1_affine: np.ndarray
+    n_brain_voxels: int
+    participants: tuple[Participant, ...]
+    sessions: tuple[str | None, ...]
+    seed: int
+    snr: float
+    sigma: dict[str, float]
+
+    def raw_files(self) -> list[str]:
+        """Relative paths of every raw image (``.nii.gz``) the plan writes."""
+        out = []
+        for part in self.participants:
+            for ses in self.sessions:
+                base = Path(f"sub-{part.label}") / (f"ses-{ses}" if ses else "")
+                for vol in build_protocol():
+                    out.append(str(base / vol.datatype / vol.filename(part.label, ses)))
+                tb1 = writer.entity_prefix(part.label, ses) + "_TB1map.nii.gz"
+                out.append(str(base / "fmap" / tb1))
+        return out
+
+
+def make_plan(
+    *,
+    subjects: int = 3,
+    sessions: int = 1,
+    size: str = "tiny",
+    seed: int = 0,
+    snr: float = 100.0,
+    anatomy: Anatomy | None = None,
+) -> SynthPlan:
+    """Plan a dataset without writing anything.
+
+    Parameters
+    ----------
+    subjects : int
+        Number of participants (odd: patient, even: control).
+    sessions : int
+        Sessions per participant; 1 means no ``ses-`` level.
+    size : {'tiny', 'small', 'brain'}
+        4, 2 or 1 mm voxels.
+    seed : int
+        Seed of every random draw.
+    snr : float
+        WM signal-to-noise ratio of each collection's first volume.
+    anatomy : Anatomy, optional
+        Pre-built anatomy for ``size``.
+
+    Returns
+    -------
+    SynthPlan
+    """
+    if subjects < 1 or sessions < 1 or snr <= 0:
+        raise ValueError("subjects and sessions must be >= 1 and snr > 0")
+    anatomy = anatomy or _make_anatomy(size)
+    width = max(2, len(str(subjects)))
+    parts = []
+    for k, seq in enumerate(np.random.SeedSequence(seed).spawn(subjects)):
+        group = "patient" if k % 2 == 0 else "control"
+        demo = np.random.default_rng(seq.spawn(1)[0])
+        age = int(demo.integers(22, 60))
+        sex = str(demo.choice(["F", "M"], p=[0.7, 0.3] if group == "patient" else [0.5, 0.5]))
+        parts.append(Participant(f"{k + 1:0{width}d}", group, age, sex, seq))
+    ses = (None,) if sessions == 1 else tuple(f"{s:02d}" for s in range(1, sessions + 1))
+    b1_shape = tuple(-(-n // 2) for n in anatomy.shape)
+    return SynthPlan(
+        size=size,
+        voxel_size=anatomy.voxel_size,
+        grid_shape=anatomy.shape,
+        affine=anatomy.affine,
+        b1_shape=b1_shape,
+        b1_affine=downsample_affine(anatomy.affine, 2),
+        n_brain_voxels=anatomy.n_brain,
+        participants=tuple(parts),
+        sessions=ses,
+        seed=seed,
+        snr=snr,
+        sigma=noise_sigma(build_protocol(), snr),
+    )
+
+
+def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = None) -> Path:
+    """Write the planned dataset under ``out_dir``.
+
+    Parameters
+    ----------
+    plan : SynthPlan
+        From :func:`make_plan`.
+    out_dir : Path
+        Dataset root (created).
+    anatomy : Anatomy, optional
+        Pre-built anatomy for ``plan.size``.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    anatomy = anatomy or _make_anatomy(plan.size)
+    _write_dataset_files(plan, out_dir)
+    maps = PlacementMaps.from_anatomy(anatomy) if any(p.patient for p in plan.participants) else None
+    centre, semi = brain_ellipsoid(anatomy)
+    for part in plan.participants:
+        _demo, anat_seq, noise_seq = part.seed.spawn(3)
+        rng = np.random.default_rng(anat_seq)
+        tissue = draw_subject_tissue(rng, patient=part.patient, centre=centre, semi_axes=semi)
+        lesions = []
+        if part.patient:
+            lesions = place_lesions(anatomy, maps, rng, n_sessions=len(plan.sessions))
+        for t, (ses, seq) in enumerate(zip(plan.sessions, noise_seq.spawn(len(plan.sessions)))):
+            noise_rng = np.random.default_rng(seq)
+            ids, severity = render_lesions(anatomy, lesions, t)
+            truth = _truth_maps(anatomy, tissue, severity)
+            _write_raw(plan, out_dir, part, ses, anatomy.brain, truth, noise_rng)
+            _write_b1(plan, out_dir, part, ses, tissue.b1, noise_rng)
+            rows = lesion_rows(anatomy, lesions, t, ids, truth)
+            _write_truth(plan, out_dir, part, ses, anatomy, truth, ids, rows)
+            logger.info(
+                "sub-%s%s (%s): %d lesions, %d lesion voxels",
+                part.label,
+                f" ses-{ses}" if ses else "",
+                part.group,
+                len(rows),
+                int((ids > 0).sum()),
+            )
+    return out_dir
+
+
+def _write_dataset_files(plan: SynthPlan, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    writer.write_json(root / "dataset_description.json", writer.raw_description())
+    text = writer.readme(
+        size=plan.size, voxel=plan.voxel_size, snr=plan.snr, seed=plan.seed, sigma=plan.sigma
+    )
+    (root / "README.md").write_text(text)
+    rows = [
+        {"participant_id": f"sub-{p.label}", "group": p.group, "age": p.age, "sex": p.sex}
+        for p in plan.participants
+    ]
+    writer.write_tsv(root / "participants.tsv", rows, ["participant_id", "group", "age", "sex"])
+    writer.write_json(root / "participants.json", writer.PARTICIPANTS_JSON)
+    deriv = root / "derivatives"
+    descriptions = {
+        "truth": "Ground truth of the synthetic dataset (maps, segmentation, lesions)",
+        "lesions": "True lesion masks of the synthetic patients",
+        "tissue": "True GM/WM/CSF segmentation; lesions labelled WM",
+    }
+    for name, text in descriptions.items():
+        desc = writer.derivative_description(f"msqmri-synth {name}", text)
+        writer.write_json(deriv / name / "dataset_description.json", desc)
+    writer.write_json(deriv / "truth" / "simulation.json", _simulation_record(plan))
+
+
+def _simulation_record(plan: SynthPlan) -> dict:
+    return {
+        "Size": plan.size,
+        "VoxelSize": plan.voxel_size,
+        "Seed": plan.seed,
+        "SNR": plan.snr,
+        "NoiseModel": (
+            "Rician: Gaussian noise of SD NoiseSigma on the real and imaginary channels, "
+            "then magnitude; NoiseSigma = noiseless WM signal (nominal control values, "
+            "B1 = 1) of the collection's first volume / SNR"
+        ),
+        "NoiseSigma": plan.sigma,
+        "B1NoiseSD": B1_NOISE_SD,
+        "SignalGain": GAIN,
+        "SPGREchoTime": SPGR_TE,
+        "NominalTissueValues": NOMINAL,
+        "PatientNAWMChange": NAWM_CHANGE,
+        "TissueValueUnits": {"T1": "s", "T2": "s", "T2star": "s", "PD": "1", "MTsat": "p.u."},
+        "Participants": {f"sub-{p.label}": p.group for p in plan.participants},
+    }
+
+
+def _write_raw(plan, root, part, ses, brain, truth, rng) -> None:
+    base = writer.subject_dir(root, part.label, ses)
+    in_brain = {key: value[brain] for key, value in truth.items()}
+    clean = np.zeros(plan.grid_shape, dtype=np.float32)
+    for vol in build_protocol():
+        clean[brain] = vol.signal(in_brain)
+        sigma = plan.sigma[vol.collection]
+        noisy = add_rician_noise(clean, sigma, rng)
+        step = max(sigma / QUANT_PER_SIGMA, float(noisy.max()) / 30000.0)
+        path = base / vol.datatype / vol.filename(part.label, ses)
+        writer.save_nifti(path, noisy, plan.affine, dtype=np.int16, step=step)
+        meta = {**vol.metadata, **_common_meta()}
+        writer.write_json(path.with_name(vol.filename(part.label, ses, ".json")), meta)
+
+
+def _common_meta() -> dict:
+    return dict(COMMON_METADATA)
+
+
+def _write_b1(plan, root, part, ses, b1_field, rng) -> None:
+    coords = grid_coordinates(plan.b1_shape, plan.b1_affine)
+    b1 = b1_field(coords) + rng.normal(0.0, B1_NOISE_SD, plan.b1_shape)
+    prefix = writer.entity_prefix(part.label, ses)
+    path = writer.subject_dir(root, part.label, ses) / "fmap" / f"{prefix}_TB1map.nii.gz"
+    writer.save_nifti(path, b1.astype(np.float32), plan.b1_affine, dtype=np.float32)
+    rel = f"sub-{part.label}/" + (f"ses-{ses}/" if ses else "")
+    targets = [
+        f"bids::{rel}{vol.datatype}/{vol.filename(part.label, ses)}"
+        for vol in build_protocol()
+        if vol.collection in _B1_TARGETS
+    ]
+    meta = {
+        "Units": "fraction of nominal flip angle",
+        "PulseSequenceType": "synthetic: true relative B1+ with Gaussian noise",
+        "IntendedFor": targets,
+        **_common_meta(),
+    }
+    writer.write_json(path.with_name(f"{prefix}_TB1map.json"), meta)
+
+
+_TRUTH = (
+    ("T1map", "T1", "s", "longitudinal relaxation time"),
+    ("R1map", "1/T1", "1/s", "longitudinal relaxation rate"),
+    ("T2map", "T2", "s", "transverse relaxation time (single compartment)"),
+    ("R2map", "1/T2", "1/s", "transverse relaxation rate"),
+    ("T2starmap", "T2star", "s", "effective transverse relaxation time"),
+    ("R2starmap", "1/T2star", "1/s", "effective transverse relaxation rate"),
+    ("M0map", "PD", "arbitrary", "proton density; raw intensity = 1000 x M0 x sequence factor"),
+    ("MTsat", "MTsat", "percent units", "Helms MT saturation per TR (100 x delta)"),
+    ("MTRmap", "MTR", "percent", "noiseless MTR of the MTR protocol from the forward model"),
+    ("TB1map", "B1", "fraction of nominal flip angle", "relative B1+ (whole grid)"),
+)
+
+
+def _write_truth(plan, root, part, ses, anatomy, truth, ids, rows) -> None:
+    prefix = writer.entity_prefix(part.label, ses)
+    rel = f"sub-{part.label}/" + (f"ses-{ses}/" if ses else "")
+    ref = {"SpatialReference": f"bids:raw:{rel}anat/{prefix}_FLAIR.nii.gz"}
+    deriv = root / "derivatives"
+    anat = writer.subject_dir(deriv / "truth", part.label, ses) / "anat"
+    brain = anatomy.brain
+    mtr = np.zeros(plan.grid_shape, dtype=np.float32)
+    mtr[brain] = mtr_truth({key: value[brain] for key, value in truth.items()})
+    truth = {**truth, "MTR": mtr}
+    for suffix, key, units, text in _TRUTH:
+        if key.startswith("1/"):
+            src = truth[key[2:]]
+            data = np.divide(1.0, src, out=np.zeros_like(src), where=src > 0)
+        else:
+            data = truth[key]
+        outside = "" if key == "B1" else "; 0 outside the brain"
+        writer.save_nifti(anat / f"{prefix}_{suffix}.nii.gz", data, plan.affine, dtype=np.float32)
+        meta = {"Units": units, "Description": f"Ground truth: {text}{outside}", **ref}
+        writer.write_json(anat / f"{prefix}_{suffix}.json", meta)
+    lesion = ids > 0
+    dseg = anatomy.labels.copy()
+    dseg[lesion] = 4
+    writer.save_nifti(anat / f"{prefix}_dseg.nii.gz", dseg, plan.affine, dtype=np.uint8)
+    writer.write_dseg_tsv(anat / f"{prefix}_dseg.tsv", writer.DSEG_TRUTH)
+    writer.write_json(
+        anat / f"{prefix}_dseg.json",
+        {"Description": "1 GM, 2 WM (normal-appearing), 3 CSF, 4 lesion", **ref},
+    )
+    _save_mask(anat / f"{prefix}_label-lesion_mask.nii.gz", lesion, plan.affine, ref)
+    writer.save_nifti(anat / f"{prefix}_desc-lesions_dseg.nii.gz", ids, plan.affine, dtype=np.int16)
+    columns = ["index", "name", "location", "course", "onset_session", "n_voxels", "volume_mm3"]
+    columns += ["centroid_x", "centroid_y", "centroid_z", "T1", "T2", "PD", "MTsat"]
+    writer.write_tsv(anat / f"{prefix}_desc-lesions_dseg.tsv", rows, columns)
+    writer.write_json(
+        anat / f"{prefix}_desc-lesions_dseg.json",
+        {"Description": "One label per lesion (index stable across sessions); table columns: "
+         "location by contact (ventricles, GM), course over sessions, truth means (T1 s, "
+         "T2 s, PD, MTsat p.u.), centroid in world mm", **ref},
+    )
+    # derivatives/lesions: patients only
+    if part.patient:
+        les_dir = writer.subject_dir(deriv / "lesions", part.label, ses) / "anat"
+        _save_mask(les_dir / f"{prefix}_label-lesion_mask.nii.gz", lesion, plan.affine, ref)
+    # derivatives/tissue: GM/WM/CSF, lesions as WM
+    tis_dir = writer.subject_dir(deriv / "tissue", part.label, ses) / "anat"
+    writer.save_nifti(tis_dir / f"{prefix}_dseg.nii.gz", anatomy.labels, plan.affine, dtype=np.uint8)
+    writer.write_dseg_tsv(tis_dir / f"{prefix}_dseg.tsv", writer.DSEG_TISSUE)
+    writer.write_json(
+        tis_dir / f"{prefix}_dseg.json",
+        {"Description": "True tissue classes; lesions are labelled WM", "Manual": False, **ref},
+    )
+
+
+def _save_mask(path: Path, mask: np.ndarray, affine: np.ndarray, ref: dict) -> None:
+    writer.save_nifti(path, mask.astype(np.uint8), affine, dtype=np.uint8)
+    meta = {
+        "Type": "Lesion",
+        "Description": "True lesion mask of the synthetic dataset (msqmri-synth)",
+        "Manual": False,
+        **ref,
+    }
+    writer.write_json(path.with_name(path.name.replace(".nii.gz", ".json")), meta)
