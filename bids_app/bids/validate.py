@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from bids_app.errors import ValidationFailedError
@@ -28,7 +29,9 @@ def validator_errors(dataset: Path, *, scratch: Path, timeout: float = 600) -> l
     timeout : float
         Seconds before giving up (logged, treated as unavailable).
     """
-    exe = shutil.which(EXECUTABLE)
+    # also look beside the running interpreter (a venv whose bin/ is not on PATH)
+    exe = shutil.which(EXECUTABLE) or shutil.which(EXECUTABLE, path=str(Path(sys.executable)
+                                                                        .parent))
     if exe is None:
         logger.info("%s not installed: input validation skipped", EXECUTABLE)
         return None

@@ -17,7 +17,7 @@ from bids_app import __version__
 from bids_app.synth.anatomy import SIZES, make_anatomy
 from bids_app.synth.dataset import make_plan, write_dataset
 
-logger = logging.getLogger("bids_app.synth")
+logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 64
 EXIT_CANTCREAT = 73
@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    level = (
+        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    )
+    # the one-line summary (this module, INFO) always shows; per-subject lines with -v
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bids_app.synth").setLevel(level)
     logger.setLevel(min(level, logging.INFO))
     start = time.perf_counter()
     anatomy = make_anatomy(args.size)

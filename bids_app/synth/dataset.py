@@ -1,9 +1,10 @@
 """Plan and write a synthetic MS dataset (raw BIDS plus truth, lesion and tissue derivatives).
 
-Randomness: ``SeedSequence(seed).spawn(n_subjects)`` gives one sequence per subject
-(subject ``k`` is the same whatever the number of subjects); each spawns three
-generators: demographics, anatomy (tissue values, fields, lesions) and noise (one child
-per session).
+Randomness: child ``k`` of ``SeedSequence(seed)`` (as ``spawn`` makes them) is subject
+``k``'s sequence, so a subject is the same whatever the number of subjects; its children
+0, 1, 2 seed the demographics, the anatomy (tissue values, fields, lesions) and the noise
+(child ``t`` of that one for session ``t``). Children are derived without the stateful
+``spawn`` so that writing a plan twice gives the same files.
 """
 
 from __future__ import annotations
@@ -18,17 +19,11 @@ from bids_app.synth import writer
 from bids_app.synth.anatomy import Anatomy, downsample_affine, grid_coordinates
 from bids_app.synth.anatomy import make_anatomy as _make_anatomy
 from bids_app.synth.lesions import PlacementMaps, lesion_rows, place_lesions, render_lesions
-from bids_app.synth.protocol import (
-    COMMON_METADATA,
-    GAIN,
-    SPGR_TE,
-    build_protocol,
-    mtr_truth,
-    noise_sigma,
-)
+from bids_app.synth.protocol import COMMON_METADATA, GAIN, SPGR_TE, build_protocol, noise_sigma
 from bids_app.synth.signals import add_rician_noise
 from bids_app.synth.tissue import NAWM_CHANGE, NOMINAL, brain_ellipsoid, draw_subject_tissue
 from bids_app.synth.tissue import truth_maps as _truth_maps
+from bids_app.synth.truth import write_truth
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +96,18 @@ class SynthPlan:
         return out
 
 
+def child_seed(seq: np.random.SeedSequence, index: int) -> np.random.SeedSequence:
+    """Return child ``index`` of ``seq`` as ``seq.spawn`` would make it, but statelessly.
+
+    Examples
+    --------
+    >>> root = np.random.SeedSequence(0)
+    >>> child_seed(root, 1).spawn_key == root.spawn(2)[1].spawn_key
+    True
+    """
+    return np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, index))
+
+
 def make_plan(
     *,
     subjects: int = 3,
@@ -136,9 +143,11 @@ def make_plan(
     anatomy = anatomy or _make_anatomy(size)
     width = max(2, len(str(subjects)))
     parts = []
-    for k, seq in enumerate(np.random.SeedSequence(seed).spawn(subjects)):
+    root = np.random.SeedSequence(seed)
+    for k in range(subjects):
+        seq = child_seed(root, k)
         group = "patient" if k % 2 == 0 else "control"
-        demo = np.random.default_rng(seq.spawn(1)[0])
+        demo = np.random.default_rng(child_seed(seq, 0))
         age = int(demo.integers(22, 60))
         sex = str(demo.choice(["F", "M"], p=[0.7, 0.3] if group == "patient" else [0.5, 0.5]))
         parts.append(Participant(f"{k + 1:0{width}d}", group, age, sex, seq))
@@ -180,23 +189,33 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
     out_dir = Path(out_dir)
     anatomy = anatomy or _make_anatomy(plan.size)
     _write_dataset_files(plan, out_dir)
-    maps = PlacementMaps.from_anatomy(anatomy) if any(p.patient for p in plan.participants) else None
+    maps = (
+        PlacementMaps.from_anatomy(anatomy) if any(p.patient for p in plan.participants) else None
+    )
     centre, semi = brain_ellipsoid(anatomy)
     for part in plan.participants:
-        _demo, anat_seq, noise_seq = part.seed.spawn(3)
-        rng = np.random.default_rng(anat_seq)
+        rng = np.random.default_rng(child_seed(part.seed, 1))
         tissue = draw_subject_tissue(rng, patient=part.patient, centre=centre, semi_axes=semi)
         lesions = []
         if part.patient:
             lesions = place_lesions(anatomy, maps, rng, n_sessions=len(plan.sessions))
-        for t, (ses, seq) in enumerate(zip(plan.sessions, noise_seq.spawn(len(plan.sessions)))):
-            noise_rng = np.random.default_rng(seq)
+        for t, ses in enumerate(plan.sessions):
+            noise_rng = np.random.default_rng(child_seed(child_seed(part.seed, 2), t))
             ids, severity = render_lesions(anatomy, lesions, t)
             truth = _truth_maps(anatomy, tissue, severity)
             _write_raw(plan, out_dir, part, ses, anatomy.brain, truth, noise_rng)
             _write_b1(plan, out_dir, part, ses, tissue.b1, noise_rng)
             rows = lesion_rows(anatomy, lesions, t, ids, truth)
-            _write_truth(plan, out_dir, part, ses, anatomy, truth, ids, rows)
+            write_truth(
+                out_dir,
+                part.label,
+                ses,
+                patient=part.patient,
+                anatomy=anatomy,
+                truth=truth,
+                ids=ids,
+                rows=rows,
+            )
             logger.info(
                 "sub-%s%s (%s): %d lesions, %d lesion voxels",
                 part.label,
@@ -266,12 +285,8 @@ def _write_raw(plan, root, part, ses, brain, truth, rng) -> None:
         step = max(sigma / QUANT_PER_SIGMA, float(noisy.max()) / 30000.0)
         path = base / vol.datatype / vol.filename(part.label, ses)
         writer.save_nifti(path, noisy, plan.affine, dtype=np.int16, step=step)
-        meta = {**vol.metadata, **_common_meta()}
+        meta = {**vol.metadata, **COMMON_METADATA}
         writer.write_json(path.with_name(vol.filename(part.label, ses, ".json")), meta)
-
-
-def _common_meta() -> dict:
-    return dict(COMMON_METADATA)
 
 
 def _write_b1(plan, root, part, ses, b1_field, rng) -> None:
@@ -290,85 +305,6 @@ def _write_b1(plan, root, part, ses, b1_field, rng) -> None:
         "Units": "fraction of nominal flip angle",
         "PulseSequenceType": "synthetic: true relative B1+ with Gaussian noise",
         "IntendedFor": targets,
-        **_common_meta(),
+        **COMMON_METADATA,
     }
     writer.write_json(path.with_name(f"{prefix}_TB1map.json"), meta)
-
-
-_TRUTH = (
-    ("T1map", "T1", "s", "longitudinal relaxation time"),
-    ("R1map", "1/T1", "1/s", "longitudinal relaxation rate"),
-    ("T2map", "T2", "s", "transverse relaxation time (single compartment)"),
-    ("R2map", "1/T2", "1/s", "transverse relaxation rate"),
-    ("T2starmap", "T2star", "s", "effective transverse relaxation time"),
-    ("R2starmap", "1/T2star", "1/s", "effective transverse relaxation rate"),
-    ("M0map", "PD", "arbitrary", "proton density; raw intensity = 1000 x M0 x sequence factor"),
-    ("MTsat", "MTsat", "percent units", "Helms MT saturation per TR (100 x delta)"),
-    ("MTRmap", "MTR", "percent", "noiseless MTR of the MTR protocol from the forward model"),
-    ("TB1map", "B1", "fraction of nominal flip angle", "relative B1+ (whole grid)"),
-)
-
-
-def _write_truth(plan, root, part, ses, anatomy, truth, ids, rows) -> None:
-    prefix = writer.entity_prefix(part.label, ses)
-    rel = f"sub-{part.label}/" + (f"ses-{ses}/" if ses else "")
-    ref = {"SpatialReference": f"bids:raw:{rel}anat/{prefix}_FLAIR.nii.gz"}
-    deriv = root / "derivatives"
-    anat = writer.subject_dir(deriv / "truth", part.label, ses) / "anat"
-    brain = anatomy.brain
-    mtr = np.zeros(plan.grid_shape, dtype=np.float32)
-    mtr[brain] = mtr_truth({key: value[brain] for key, value in truth.items()})
-    truth = {**truth, "MTR": mtr}
-    for suffix, key, units, text in _TRUTH:
-        if key.startswith("1/"):
-            src = truth[key[2:]]
-            data = np.divide(1.0, src, out=np.zeros_like(src), where=src > 0)
-        else:
-            data = truth[key]
-        outside = "" if key == "B1" else "; 0 outside the brain"
-        writer.save_nifti(anat / f"{prefix}_{suffix}.nii.gz", data, plan.affine, dtype=np.float32)
-        meta = {"Units": units, "Description": f"Ground truth: {text}{outside}", **ref}
-        writer.write_json(anat / f"{prefix}_{suffix}.json", meta)
-    lesion = ids > 0
-    dseg = anatomy.labels.copy()
-    dseg[lesion] = 4
-    writer.save_nifti(anat / f"{prefix}_dseg.nii.gz", dseg, plan.affine, dtype=np.uint8)
-    writer.write_dseg_tsv(anat / f"{prefix}_dseg.tsv", writer.DSEG_TRUTH)
-    writer.write_json(
-        anat / f"{prefix}_dseg.json",
-        {"Description": "1 GM, 2 WM (normal-appearing), 3 CSF, 4 lesion", **ref},
-    )
-    _save_mask(anat / f"{prefix}_label-lesion_mask.nii.gz", lesion, plan.affine, ref)
-    writer.save_nifti(anat / f"{prefix}_desc-lesions_dseg.nii.gz", ids, plan.affine, dtype=np.int16)
-    columns = ["index", "name", "location", "course", "onset_session", "n_voxels", "volume_mm3"]
-    columns += ["centroid_x", "centroid_y", "centroid_z", "T1", "T2", "PD", "MTsat"]
-    writer.write_tsv(anat / f"{prefix}_desc-lesions_dseg.tsv", rows, columns)
-    writer.write_json(
-        anat / f"{prefix}_desc-lesions_dseg.json",
-        {"Description": "One label per lesion (index stable across sessions); table columns: "
-         "location by contact (ventricles, GM), course over sessions, truth means (T1 s, "
-         "T2 s, PD, MTsat p.u.), centroid in world mm", **ref},
-    )
-    # derivatives/lesions: patients only
-    if part.patient:
-        les_dir = writer.subject_dir(deriv / "lesions", part.label, ses) / "anat"
-        _save_mask(les_dir / f"{prefix}_label-lesion_mask.nii.gz", lesion, plan.affine, ref)
-    # derivatives/tissue: GM/WM/CSF, lesions as WM
-    tis_dir = writer.subject_dir(deriv / "tissue", part.label, ses) / "anat"
-    writer.save_nifti(tis_dir / f"{prefix}_dseg.nii.gz", anatomy.labels, plan.affine, dtype=np.uint8)
-    writer.write_dseg_tsv(tis_dir / f"{prefix}_dseg.tsv", writer.DSEG_TISSUE)
-    writer.write_json(
-        tis_dir / f"{prefix}_dseg.json",
-        {"Description": "True tissue classes; lesions are labelled WM", "Manual": False, **ref},
-    )
-
-
-def _save_mask(path: Path, mask: np.ndarray, affine: np.ndarray, ref: dict) -> None:
-    writer.save_nifti(path, mask.astype(np.uint8), affine, dtype=np.uint8)
-    meta = {
-        "Type": "Lesion",
-        "Description": "True lesion mask of the synthetic dataset (msqmri-synth)",
-        "Manual": False,
-        **ref,
-    }
-    writer.write_json(path.with_name(path.name.replace(".nii.gz", ".json")), meta)

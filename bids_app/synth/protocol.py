@@ -99,8 +99,10 @@ def _mese(tr: float, te: float) -> Callable[[Maps], np.ndarray]:
 
 def _t1w(m: Maps) -> np.ndarray:
     readout = np.sin(np.deg2rad(9.0) * m["B1"])
-    return GAIN * readout * signals.inversion_recovery(
-        m["PD"], m["T1"], m["T2star"], ti=0.9, tr=2.3, te=0.003
+    return (
+        GAIN
+        * readout
+        * signals.inversion_recovery(m["PD"], m["T1"], m["T2star"], ti=0.9, tr=2.3, te=0.003)
     )
 
 
@@ -122,8 +124,9 @@ def _gre_meta(flip: float, tr: float, te: float, mt: bool | None = None) -> dict
 
 
 def build_protocol() -> tuple[Volume, ...]:
-    """All acquired anatomical images, in writing order (first volume of each collection
-    first: it sets the collection's noise level).
+    """All acquired anatomical images, in writing order.
+
+    The first volume of each collection comes first: it sets the collection's noise level.
 
     Returns
     -------
@@ -163,11 +166,15 @@ def build_protocol() -> tuple[Volume, ...]:
     ]
     for i, flip in enumerate((3, 8, 18), start=1):
         meta = _gre_meta(flip, 0.015, SPGR_TE)
-        vols.append(Volume("VFA", "anat", (("flip", str(i)),), "VFA", meta, _spgr(flip, 0.015, SPGR_TE)))
+        vols.append(
+            Volume("VFA", "anat", (("flip", str(i)),), "VFA", meta, _spgr(flip, 0.015, SPGR_TE))
+        )
     for k in range(6):
         te = round(0.004 + 0.005 * k, 6)
         meta = _gre_meta(15, 0.04, te)
-        vols.append(Volume("MEGRE", "anat", (("echo", str(k + 1)),), "MEGRE", meta, _spgr(15, 0.04, te)))
+        vols.append(
+            Volume("MEGRE", "anat", (("echo", str(k + 1)),), "MEGRE", meta, _spgr(15, 0.04, te))
+        )
     for k in range(1, 17):
         te = round(0.010 * k, 6)
         meta = {"PulseSequenceType": "Multi-echo spin echo", "MRAcquisitionType": "2D"}
@@ -176,8 +183,14 @@ def build_protocol() -> tuple[Volume, ...]:
         vols.append(Volume("MESE", "anat", (("echo", str(k)),), "MESE", meta, _mese(3.0, te)))
     for state, mt in (("off", False), ("on", True)):
         meta = _gre_meta(6, 0.028, SPGR_TE, mt)
-        vols.append(Volume("MTR", "anat", (("mt", state),), "MTR", meta, _spgr(6, 0.028, SPGR_TE, mt)))
-    for flip_idx, state, flip, tr in (("1", "off", 6, 0.028), ("1", "on", 6, 0.028), ("2", "off", 20, 0.018)):
+        vols.append(
+            Volume("MTR", "anat", (("mt", state),), "MTR", meta, _spgr(6, 0.028, SPGR_TE, mt))
+        )
+    for flip_idx, state, flip, tr in (
+        ("1", "off", 6, 0.028),
+        ("1", "on", 6, 0.028),
+        ("2", "off", 20, 0.018),
+    ):
         mt = state == "on"
         meta = _gre_meta(flip, tr, SPGR_TE, mt)
         ents = (("flip", flip_idx), ("mt", state))

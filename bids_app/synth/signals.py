@@ -53,9 +53,7 @@ def spgr(m0, t1, t2star, b1, *, flip_angle: float, tr: float, te: float) -> np.n
     return spgr_mt(m0, t1, t2star, b1, 0.0, flip_angle=flip_angle, tr=tr, te=te)
 
 
-def spgr_mt(
-    m0, t1, t2star, b1, delta, *, flip_angle: float, tr: float, te: float
-) -> np.ndarray:
+def spgr_mt(m0, t1, t2star, b1, delta, *, flip_angle: float, tr: float, te: float) -> np.ndarray:
     """Spoiled gradient echo with an MT pre-pulse in every TR (Helms' model) [2]_.
 
     Derivation (our own; Helms 2008 uses the same picture). Let ``M`` be the longitudinal

@@ -20,9 +20,10 @@ longer, MT a few percent lower (review: Granziera et al. [6]_). CSF T1 is set to
 
 Each subject multiplies every (tissue, parameter) value by ``1 + e`` with
 ``e ~ N(0, 0.03)`` clipped to +-0.06 (SD 0.01 for CSF, so that FLAIR stays nulled), and
-every parameter map by a smooth field of amplitude 2 % (a sum of three plane waves, wavelengths 120-250 mm). Patients' NAWM gets
-``NAWM_CHANGE``. Lesion voxels move from the subject's NAWM value towards its lesion value
-by the lesion's local severity (:mod:`bids_app.synth.lesions`).
+every parameter map by a smooth field of amplitude 2 % (a sum of three plane waves,
+wavelengths 120-250 mm). Patients' NAWM gets ``NAWM_CHANGE``. Lesion voxels move from the
+subject's NAWM value towards its lesion value by the lesion's local severity
+(:mod:`bids_app.synth.lesions`).
 
 References
 ----------

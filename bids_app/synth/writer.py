@@ -125,7 +125,10 @@ PARTICIPANTS_JSON: dict[str, Any] = {
     "participant_id": {"Description": "Participant label"},
     "group": {
         "Description": "Diagnostic group",
-        "Levels": {"patient": "synthetic multiple sclerosis patient", "control": "healthy control"},
+        "Levels": {
+            "patient": "synthetic multiple sclerosis patient",
+            "control": "healthy control",
+        },
     },
     "age": {"Description": "Age at the first session", "Units": "year"},
     "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
@@ -169,7 +172,9 @@ white-matter lesions (periventricular, deep, juxtacortical).
 * `fmap/*_TB1map`: the true relative B1+ on a grid with 2x coarser voxels, plus Gaussian
   noise (SD 0.01).
 
-`G` = 1000. Images are stored as int16 with a scale factor.
+`G` = 1000, `a` the nominal flip angle; sequence parameters are in each sidecar. Images
+are int16 with `scl_slope` = sigma / 8 of their collection (rounding adds 0.13 % to the
+noise variance).
 
 ## Noise
 Rician: Gaussian noise of SD `sigma` on the real and imaginary channels of the real

@@ -1,0 +1,42 @@
+"""Shared fixtures: the synthetic datasets and the end-to-end run (session-scoped)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 over the relative paths and bytes of every file below ``root``."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def small_bids(tmp_path_factory) -> Path:
+    """``msqmri-synth --size small`` with 3 subjects (2 patients, 1 control), seed 11."""
+    from bids_app.synth.cli import main as synth
+
+    root = tmp_path_factory.mktemp("small") / "bids"
+    assert synth([str(root), "--size", "small", "--subjects", "3", "--seed", "11"]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_run(small_bids, tmp_path_factory):
+    """Participant + group on ``small_bids`` with the lesion derivatives; returns paths."""
+    from bids_app.cli.run import main
+
+    out = tmp_path_factory.mktemp("small_out") / "out"
+    before = tree_digest(small_bids)
+    code = main([str(small_bids), str(out), "participant", "group", "--derivatives",
+                 f"lesions={small_bids / 'derivatives' / 'lesions'}"])
+    return {"bids": small_bids, "out": out, "code": code, "digest_before": before}
