@@ -6,12 +6,17 @@
 #   apptainer run --containall -B /path/to/bids:/data:ro -B /path/to/out:/out \
 #       docker://msqmri/msqmri:0.1.0 /data /out participant
 #
-# The image runs read-only as any uid. Nothing is written inside it: HOME, TMPDIR and the
-# caches point to /tmp (a tmpfs with `docker --tmpfs /tmp`; bound from the host by Apptainer),
-# and msqmri itself keeps its scratch under --work-dir (default OUTPUT_DIR/.work). pybids
-# indexes into an in-memory SQLite database (no database_path), so neither the image nor the
-# input dataset is written to. Bytecode is compiled at build time (unchecked-hash .pyc), so
-# Python never tries to write __pycache__ either.
+# The image runs read-only as any uid and writes nothing inside itself or the input dataset:
+# - msqmri keeps all its scratch under --work-dir (default OUTPUT_DIR/.msqmri-work): the
+#   validator's HOME/DENO_DIR/cache and MPLCONFIGDIR are set there at run time (MPLCONFIGDIR
+#   is therefore deliberately not set here); outputs are written atomically next to their
+#   destination (no temporary files in /tmp);
+# - for anything else (other entrypoints, libraries) HOME, TMPDIR and XDG_CACHE_HOME default
+#   to /tmp: a tmpfs with `docker run --read-only --tmpfs /tmp`; Apptainer binds the host's
+#   /tmp (a private one with --containall) and replaces HOME by the user's;
+# - pybids indexes into an in-memory SQLite database (no database_path);
+# - bytecode is compiled at build time (unchecked-hash .pyc) and PYTHONDONTWRITEBYTECODE is set,
+#   so Python never writes __pycache__.
 #
 # Threads: numerical libraries are capped at one thread; msqmri parallelises with --nprocs
 # worker processes.
@@ -81,8 +86,6 @@ ENV PATH=/opt/msqmri/bin:$PATH \
     HOME=/tmp \
     TMPDIR=/tmp \
     XDG_CACHE_HOME=/tmp/.cache \
-    MPLCONFIGDIR=/tmp/.cache/matplotlib \
-    DENO_DIR=/tmp/.cache/deno \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     OMP_NUM_THREADS=1 \

@@ -39,20 +39,28 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
     """
     p = Path(path)
     if p.is_symlink() and not p.exists():
-        raise MetadataError(str(p), "file", "broken symlink",
-                            "an image file (un-fetched DataLad/git-annex content? run "
-                            "'datalad get')")
+        raise MetadataError(
+            str(p),
+            "file",
+            "broken symlink",
+            "an image file (un-fetched DataLad/git-annex content? run 'datalad get')",
+        )
     if not p.is_file() or p.stat().st_size == 0:
         raise MetadataError(str(p), "file", "empty or missing", "a non-empty NIfTI image")
     try:
         img = nib.load(str(p))
     except Exception as err:  # nibabel raises several types for corrupt files
-        raise MetadataError(str(p), "file", type(err).__name__,
-                            f"a readable NIfTI image ({err})") from None
+        raise MetadataError(
+            str(p), "file", type(err).__name__, f"a readable NIfTI image ({err})"
+        ) from None
     shape = img.shape
     if any(int(n) < 1 for n in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
-        raise MetadataError(str(p), "dim", tuple(int(n) for n in shape),
-                            f"positive dimensions with at most {MAX_VOXELS} voxels")
+        raise MetadataError(
+            str(p),
+            "dim",
+            tuple(int(n) for n in shape),
+            f"positive dimensions with at most {MAX_VOXELS} voxels",
+        )
     if not np.all(np.isfinite(img.affine)):
         raise MetadataError(str(p), "affine", "non-finite", "a finite sform/qform affine")
     return img
@@ -70,13 +78,15 @@ def read_data(img: nib.Nifti1Image, path: str | Path, *, ndim: int = 3) -> np.nd
     while len(shape) > ndim and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != ndim:
-        raise MetadataError(str(path), "dim", tuple(int(n) for n in img.shape),
-                            f"a {ndim}-D image")
+        raise MetadataError(
+            str(path), "dim", tuple(int(n) for n in img.shape), f"a {ndim}-D image"
+        )
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
-        raise MetadataError(str(path), "data", type(err).__name__,
-                            f"complete image data ({err})") from None
+        raise MetadataError(
+            str(path), "data", type(err).__name__, f"complete image data ({err})"
+        ) from None
     return data
 
 
@@ -104,11 +114,16 @@ def load_volumes(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     for path in paths:
         img = first if path == paths[0] else load_image(path)
         if img.shape[:3] != ref_shape:
-            raise MetadataError(path, "shape", img.shape[:3],
-                                f"{ref_shape} like {paths[0]} (same collection)")
+            raise MetadataError(
+                path, "shape", img.shape[:3], f"{ref_shape} like {paths[0]} (same collection)"
+            )
         if not np.allclose(img.affine, ref_aff, atol=AFFINE_ATOL):
-            raise MetadataError(path, "affine", np.round(img.affine, 4).tolist(),
-                                f"the affine of {paths[0]} (same collection)")
+            raise MetadataError(
+                path,
+                "affine",
+                np.round(img.affine, 4).tolist(),
+                f"the affine of {paths[0]} (same collection)",
+            )
         vols.append(read_data(img, path))
     return np.stack(vols, axis=-1), ref_aff
 
@@ -116,7 +131,8 @@ def load_volumes(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
     """Whether two images share voxel grid and world placement."""
     return tuple(shape_a[:3]) == tuple(shape_b[:3]) and np.allclose(
-        affine_a, affine_b, atol=AFFINE_ATOL)
+        affine_a, affine_b, atol=AFFINE_ATOL
+    )
 
 
 def resample(
@@ -153,16 +169,23 @@ def resample(
     out_dtype = data.dtype if order == 0 else np.float32
     src = data.astype(np.float32) if order else data
     return ndimage.affine_transform(
-        src, vox2vox[:3, :3], offset=vox2vox[:3, 3], output_shape=tuple(target_shape[:3]),
-        order=order, mode="constant", cval=cval if order else 0, prefilter=False,
+        src,
+        vox2vox[:3, :3],
+        offset=vox2vox[:3, 3],
+        output_shape=tuple(target_shape[:3]),
+        order=order,
+        mode="constant",
+        cval=cval if order else 0,
+        prefilter=False,
         output=out_dtype,
     )
 
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".tmp" + "".join(path.suffixes[-2:] if path.name.endswith(".nii.gz") else
-                              path.suffixes[-1:])
+    suffix = ".tmp" + "".join(
+        path.suffixes[-2:] if path.name.endswith(".nii.gz") else path.suffixes[-1:]
+    )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
@@ -175,7 +198,11 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_nifti(
-    path: str | Path, data: np.ndarray, affine: np.ndarray, *, dtype=np.float32,
+    path: str | Path,
+    data: np.ndarray,
+    affine: np.ndarray,
+    *,
+    dtype=np.float32,
     header: nib.Nifti1Header | None = None,
 ) -> None:
     """Write a NIfTI atomically (temporary file, then rename) with sform/qform codes kept.

@@ -34,8 +34,7 @@ def selected_models(cfg: RunConfig) -> list:
     """Model classes to run, B1 first (its maps feed the others)."""
     names = list(cfg.models) or list(REGISTRY)
     names.sort(key=lambda n: n != "b1")
-    if any(REGISTRY[n].uses_b1 for n in names) and "b1" not in names and cfg.b1_policy != \
-            "none":
+    if any(REGISTRY[n].uses_b1 for n in names) and "b1" not in names and cfg.b1_policy != "none":
         names.insert(0, "b1")
     return [REGISTRY[n] for n in names]
 
@@ -72,8 +71,9 @@ def _done_marker(out: Path, subject: str, session: str | None) -> Path:
     return _unit_dir(out, subject, session) / build_name(ents, "stats", ".tsv")
 
 
-def run_subject(cfg: RunConfig, layout, derivative_layouts, subject: str,
-                session: str | None) -> str:
+def run_subject(
+    cfg: RunConfig, layout, derivative_layouts, subject: str, session: str | None
+) -> str:
     """Process one subject/session into ``cfg.output_dir`` (a staging root). Return status."""
     ctx = SubjectContext(cfg, layout, derivative_layouts, subject, session)
     anatomy.choose_reference(ctx)
@@ -85,8 +85,7 @@ def run_subject(cfg: RunConfig, layout, derivative_layouts, subject: str,
             logger.debug("%s: %s skipped (no inputs)", ctx.label, model.name)
         runs += found
     if not runs and ctx.grid is None:
-        logger.info("%s: skipped, no input of any selected model and no FLAIR/T1w/T2w",
-                    ctx.label)
+        logger.info("%s: skipped, no input of any selected model and no FLAIR/T1w/T2w", ctx.label)
         return NO_INPUTS
     if ctx.grid is not None:
         anatomy.find_masks(ctx)
@@ -99,8 +98,10 @@ def run_subject(cfg: RunConfig, layout, derivative_layouts, subject: str,
         maps.to_reference(ctx)
         tables.summarise(ctx)
     else:
-        logger.warning("%s: no structural reference image: maps are written natively, no "
-                       "region tables", ctx.label)
+        logger.warning(
+            "%s: no structural reference image: maps are written natively, no region tables",
+            ctx.label,
+        )
     if cfg.reports:
         try:
             from bids_app.reports.html import participant_report
@@ -139,8 +140,7 @@ def run_participants(cfg: RunConfig) -> int:
         stage = cfg.output_dir / STAGING / f"{label}-{uuid.uuid4().hex[:12]}"
         try:
             stage.mkdir(parents=True)
-            status = run_subject(replace(cfg, output_dir=stage), layout, deriv, subject,
-                                 session)
+            status = run_subject(replace(cfg, output_dir=stage), layout, deriv, subject, session)
             _move_reports(stage, cfg.output_dir)
             _publish(stage, cfg.output_dir, subject, session)
             statuses.append(status)
@@ -154,8 +154,7 @@ def run_participants(cfg: RunConfig) -> int:
             codes.append(OutputError.exit_code)
             statuses.append("failed")
         except Exception as err:
-            logger.error("%s: unexpected error (a bug; traceback in the log file): %r", label,
-                         err)
+            logger.error("%s: unexpected error (a bug; traceback in the log file): %r", label, err)
             logger.debug("traceback", exc_info=True, extra={"file_only": True})
             codes.append(1)
             statuses.append("failed")
@@ -171,8 +170,12 @@ def run_participants(cfg: RunConfig) -> int:
     except OSError:
         pass  # another job still stages a subject here
     failed = sum(c != 0 for c in codes)
-    logger.info("participant level: %d of %d subject/session(s) done, %d failed",
-                len(codes) - failed, len(codes), failed)
+    logger.info(
+        "participant level: %d of %d subject/session(s) done, %d failed",
+        len(codes) - failed,
+        len(codes),
+        failed,
+    )
     return max(codes, default=0)
 
 

@@ -3,7 +3,8 @@
 Pure array code (DESIGN 2.1): label images and maps in, boolean masks and tidy
 :class:`pandas.DataFrame` tables out. Every distance is Euclidean and in millimetres,
 computed with :func:`scipy.ndimage.distance_transform_edt` and ``sampling=zooms``, so
-anisotropic voxels are handled exactly. Per-lesion tables are in :mod:`bids_app.lesions`.
+anisotropic voxels are handled exactly. The per-lesion table is
+:func:`bids_app.lesions.lesion_table` (also reachable as ``regions.lesion_table``).
 
 Tissue labels follow :mod:`bids_app.segmentation`: 0 background, 1 GM, 2 WM, 3 CSF.
 """
@@ -355,5 +356,24 @@ def region_stats(
                 (mname, rname, idx.size, idx.size * voxel_mm3, *_finite_stats(values), n_invalid)
             )
     df = pd.DataFrame(rows, columns=list(STATS_COLUMNS))
-    return df.astype({"map": object, "region": object, "n_voxels": np.int64,
-                      "volume_mm3": np.float64, "n_invalid": np.int64})
+    return df.astype(
+        {
+            "map": object,
+            "region": object,
+            "n_voxels": np.int64,
+            "volume_mm3": np.float64,
+            "n_invalid": np.int64,
+        }
+    )
+
+
+def __getattr__(name: str):
+    """Expose :func:`bids_app.lesions.lesion_table` as ``regions.lesion_table`` lazily.
+
+    :mod:`bids_app.lesions` imports this module, so a plain import here would be circular.
+    """
+    if name == "lesion_table":
+        from bids_app.lesions import lesion_table
+
+        return lesion_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,10 @@
 """Brain mask and three-class tissue segmentation (GM, WM, CSF) of a structural image.
 
 Pure array code (DESIGN 2.1). Output labels: 0 background, 1 GM, 2 WM, 3 CSF
-(:data:`TISSUE_LABELS`). Each function has a ``describe_*`` companion that returns the
-short method string written to the ``Description``/method field of the mask sidecar
-(CONTRACT 2.2: "the sidecar of every derived mask says which method made it").
+(:data:`TISSUE_LABELS`). Both functions return ``(array, description)``: the description
+is the short method string for the mask sidecar (CONTRACT 2.2: "the sidecar of every
+derived mask says which method made it"); ``describe_*`` build the same strings from
+options alone.
 
 Neither function is a skull stripper for raw heads: on images with skull and scalp the
 ``'otsu'`` mask relies on the erosion in ``opening_mm`` to detach the brain, which can
@@ -38,8 +39,8 @@ CLASS_ORDER = {
 
 #: brain-mask methods
 MASK_METHODS = {
-    "otsu": "Otsu threshold of the image smoothed with a 1-voxel Gaussian, morphological opening "
-    "(ball {opening_mm:g} mm), largest component, hole filling, closing (ball {closing_mm:g} mm)",
+    "otsu": "Otsu threshold of the log intensity after a 3x3x3 median filter, opening (ball "
+    "{opening_mm:g} mm), largest component, hole filling, closing (ball {closing_mm:g} mm)",
     "median_otsu": "dipy median_otsu (median_radius={median_radius}, numpass={numpass}), "
     "largest component, hole filling",
 }
@@ -59,20 +60,31 @@ def _choice(value: str, choices: dict, what: str) -> None:
 
 
 def describe_brain_mask(
-    *, method: str = "otsu", opening_mm: float = 4.0, closing_mm: float = 4.0,
-    median_radius: int = 2, numpass: int = 2,
+    *,
+    method: str = "otsu",
+    opening_mm: float = 4.0,
+    closing_mm: float = 4.0,
+    median_radius: int = 2,
+    numpass: int = 2,
 ) -> str:
     """Return the method description of :func:`brain_mask` called with these options."""
     _choice(method, MASK_METHODS, "method")
     return MASK_METHODS[method].format(
-        opening_mm=opening_mm, closing_mm=closing_mm,
-        median_radius=median_radius, numpass=numpass,
+        opening_mm=opening_mm,
+        closing_mm=closing_mm,
+        median_radius=median_radius,
+        numpass=numpass,
     )
 
 
 def describe_tissue_segmentation(
-    *, method: str = "hmrf", contrast: str = "T1w", beta: float = 0.1, max_iter: int = 100,
-    tolerance: float = 1e-5, lesion_filling: bool = False,
+    *,
+    method: str = "hmrf",
+    contrast: str = "T1w",
+    beta: float = 0.1,
+    max_iter: int = 100,
+    tolerance: float = 1e-5,
+    lesion_filling: bool = False,
 ) -> str:
     """Return the method description of :func:`segment_tissue` called with these options.
 
@@ -111,7 +123,7 @@ def _erode(mask: np.ndarray, radius_mm: float, zooms: np.ndarray) -> np.ndarray:
 def _open_fill_close(
     mask: np.ndarray, z: np.ndarray, opening_mm: float, closing_mm: float
 ) -> np.ndarray:
-    """Opening (largest component), hole filling and closing with Euclidean balls in mm."""
+    """Open (keeping the largest component), fill holes and close, with balls in mm."""
     if opening_mm > 0:
         core = _largest_component(_erode(mask, opening_mm, z))
         mask = mask & _dilate(core, opening_mm, z) if core.any() else mask
@@ -132,7 +144,7 @@ def brain_mask(
     closing_mm: float = 4.0,
     median_radius: int = 2,
     numpass: int = 2,
-) -> np.ndarray:
+) -> tuple[np.ndarray, str]:
     """Compute a brain mask from a skull-stripped-looking structural or qMRI image.
 
     Parameters
@@ -142,10 +154,10 @@ def brain_mask(
     zooms : sequence of 3 float
         Voxel size in mm (the morphology radii are in mm).
     method : {'otsu', 'median_otsu'}, optional
-        ``'otsu'``: Gaussian smoothing (sigma 1 voxel), Otsu threshold (skimage), opening
-        with a ball of ``opening_mm`` (erosion, largest 6-connected component, dilation back inside the
-        threshold mask: detaches thin bridges to non-brain tissue), hole filling, then a
-        closing with a ball of ``closing_mm`` to take in dark sulcal CSF, and hole filling
+        ``'otsu'``: 3x3x3 median filter, Otsu threshold (skimage) of the log intensity,
+        opening with a ball of ``opening_mm`` (erosion, largest 6-connected component,
+        dilation back inside the threshold mask: detaches thin bridges to non-brain
+        tissue), hole filling, then a closing with a ball of ``closing_mm`` and hole filling
         again. ``'median_otsu'``: dipy's :func:`~dipy.segment.mask.median_otsu` (radius in
         voxels), largest component and hole filling.
     opening_mm, closing_mm : float, optional
@@ -155,8 +167,17 @@ def brain_mask(
 
     Returns
     -------
-    (X, Y, Z) bool ndarray
-        The method string for sidecars is :func:`describe_brain_mask` with the same options.
+    mask : (X, Y, Z) bool ndarray
+    description : str
+        Method string for sidecars (:func:`describe_brain_mask` with the same options).
+
+    Notes
+    -----
+    ``'otsu'`` thresholds the log intensity: on a T1w image the CSF (about a quarter of
+    the WM signal) falls below a linear Otsu threshold between background and tissue, so
+    the extra-axial CSF would be lost (Dice 0.86 instead of 0.99 on the test phantom); on
+    the log scale it groups with the tissue. On FLAIR the CSF is as dark as the
+    background: only the enclosed CSF (ventricles) gets in, through hole filling.
     """
     _choice(method, MASK_METHODS, "method")
     z = check_zooms(zooms)
@@ -166,13 +187,17 @@ def brain_mask(
     finite = np.isfinite(img)
     if not finite.any():
         raise ValueError("image has no finite voxel: cannot compute a brain mask")
-    img = np.where(finite, img, np.min(img[finite]))
+    img = np.where(finite, img, min(0.0, float(np.min(img[finite]))))
     if method == "median_otsu":
         _, mask = median_otsu(img, median_radius=median_radius, numpass=numpass)
         mask = _largest_component(mask)
     else:
-        smooth = ndi.gaussian_filter(img, sigma=1.0)
-        mask = smooth > filters.threshold_otsu(smooth[finite])
+        smooth = ndi.median_filter(img, size=3)
+        eps = 1e-3 * np.percentile(smooth, 99.9)
+        if not eps > 0:
+            raise ValueError("image has no positive voxel: cannot compute a brain mask")
+        log_smooth = np.log(np.maximum(smooth, eps))
+        mask = log_smooth > filters.threshold_otsu(log_smooth)
         # work inside the bounding box of the threshold mask (+ the closing margin)
         margin = int(np.ceil(max(opening_mm, closing_mm) / z.min())) + 1
         box = ndi.find_objects(mask.astype(np.uint8))
@@ -183,7 +208,14 @@ def brain_mask(
             mask = out
     mask = ndi.binary_fill_holes(mask)
     logger.info("brain mask (%s): %d voxels", method, int(mask.sum()))
-    return mask
+    description = describe_brain_mask(
+        method=method,
+        opening_mm=opening_mm,
+        closing_mm=closing_mm,
+        median_radius=median_radius,
+        numpass=numpass,
+    )
+    return mask, description
 
 
 def _normalise(image: np.ndarray, voxels: np.ndarray) -> np.ndarray:
@@ -192,6 +224,24 @@ def _normalise(image: np.ndarray, voxels: np.ndarray) -> np.ndarray:
     if not hi > lo:
         raise ValueError("image is constant inside the brain mask: cannot segment tissue")
     return 0.05 + 0.95 * np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _standardise(x: np.ndarray, brain: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Map the two multi-Otsu thresholds to 3/8 and 5/8 (piecewise linear, monotone).
+
+    dipy's HMRF starts from class means spread uniformly over the image range, the
+    background (about 0) being one of its classes: means 0, 1/4, 1/2, 3/4 on a [0, 1]
+    image, i.e. a first labelling with boundaries at 1/8, 3/8 and 5/8. Mapping the brain
+    range to [0.15, 1] with the multi-Otsu thresholds at 3/8 and 5/8 makes that first
+    labelling the multi-Otsu one; otherwise a dark tissue class (CSF on T1w or FLAIR) can
+    start in the background class and HMRF ends with an empty class. The map is linear
+    inside each class, so class shapes are kept.
+    """
+    lo, hi = np.percentile(x[brain], [0.0, 100.0])
+    knots = np.array([lo, *thresholds, hi], dtype=np.float64)
+    values = np.array([0.15, 0.375, 0.625, 1.0])
+    keep = np.concatenate([[True], np.diff(knots) > 0])
+    return np.where(brain, np.interp(x, knots[keep], values[keep]), 0.0)
 
 
 def _hmrf(x: np.ndarray, brain: np.ndarray, *, beta, max_iter, tolerance, rng) -> np.ndarray:
@@ -220,7 +270,7 @@ def segment_tissue(
     max_iter: int = 100,
     tolerance: float = 1e-5,
     rng: np.random.Generator | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, str]:
     """Segment the brain into GM, WM and CSF.
 
     Intensities inside the brain are mapped to [0.05, 1] (0.5th-99.5th percentiles,
@@ -246,8 +296,9 @@ def segment_tissue(
         ``'hmrf'``: dipy :class:`~dipy.segment.tissue.TissueClassifierHMRF` (Gaussian classes
         with a Potts prior, ICM + EM; Zhang et al. 2001) on the brain bounding box.
         ``'multiotsu'``: scikit-image ``threshold_multiotsu`` with 3 classes; no spatial
-        prior, about 100x faster, and more accurate than HMRF when partial volume makes the
-        CSF class small and broad (see the module tests).
+        prior and 50-100x faster. HMRF is better at low SNR (SNR 10: 90 % vs 88 % voxels
+        right), multi-Otsu when partial volume makes the CSF class small and broad (ICBM
+        anatomy, 1 mm blur, SNR 20: CSF Dice 0.94 vs 0.63 at 1 mm).
     exclude : (X, Y, Z) bool ndarray, optional
         Lesion mask (see above).
     beta : float, optional
@@ -262,9 +313,12 @@ def segment_tissue(
 
     Returns
     -------
-    (X, Y, Z) uint8 ndarray
-        0 outside the brain, 1 GM, 2 WM, 3 CSF. The method string for sidecars is
-        :func:`describe_tissue_segmentation` with the same options.
+    labels : (X, Y, Z) uint8 ndarray
+        0 outside the brain, 1 GM, 2 WM, 3 CSF.
+    description : str
+        Method string for sidecars (:func:`describe_tissue_segmentation` with the same
+        options), e.g. ``'dipy TissueClassifierHMRF on the brain-masked T1w, 3 classes,
+        beta=0.1, max_iter=100, tolerance=1e-05'``.
     """
     _choice(method, TISSUE_METHODS, "method")
     _choice(contrast, CLASS_ORDER, "contrast")
@@ -290,6 +344,7 @@ def segment_tissue(
         labels = order[rank]
     else:
         rng = np.random.default_rng(0) if rng is None else rng
+        x = _standardise(x, brain, thresholds)
         classes = _hmrf(x, brain, beta=beta, max_iter=max_iter, tolerance=tolerance, rng=rng)
         means = np.array(ndi.mean(x, labels=classes * fit, index=[1, 2, 3]))
         if np.any(classes[brain] == 0) or not np.all(np.isfinite(means)):
@@ -301,7 +356,17 @@ def segment_tissue(
     labels = np.where(brain, labels, 0).astype(np.uint8)
     labels[lesion] = WM
     logger.info(
-        "tissue (%s, %s): GM %d, WM %d, CSF %d voxels", method, contrast,
+        "tissue (%s, %s): GM %d, WM %d, CSF %d voxels",
+        method,
+        contrast,
         *(int(np.count_nonzero(labels == k)) for k in (GM, WM, CSF)),
     )
-    return labels
+    description = describe_tissue_segmentation(
+        method=method,
+        contrast=contrast,
+        beta=beta,
+        max_iter=max_iter,
+        tolerance=tolerance,
+        lesion_filling=bool(lesion.any()),
+    )
+    return labels, description

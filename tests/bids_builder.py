@@ -13,8 +13,13 @@ import nibabel as nib
 import numpy as np
 
 
-def write_dataset(root: Path, spec: dict, *, participants: list[dict] | None = None,
-                  description: dict | None = None) -> Path:
+def write_dataset(
+    root: Path,
+    spec: dict,
+    *,
+    participants: list[dict] | None = None,
+    description: dict | None = None,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     desc = description or {"Name": "test", "BIDSVersion": "1.10.0", "DatasetType": "raw"}
     (root / "dataset_description.json").write_text(json.dumps(desc))

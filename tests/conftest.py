@@ -37,6 +37,14 @@ def small_run(small_bids, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("small_out") / "out"
     before = tree_digest(small_bids)
-    code = main([str(small_bids), str(out), "participant", "group", "--derivatives",
-                 f"lesions={small_bids / 'derivatives' / 'lesions'}"])
+    code = main(
+        [
+            str(small_bids),
+            str(out),
+            "participant",
+            "group",
+            "--derivatives",
+            f"lesions={small_bids / 'derivatives' / 'lesions'}",
+        ]
+    )
     return {"bids": small_bids, "out": out, "code": code, "digest_before": before}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -116,10 +118,26 @@ def test_identity(descriptor):
     assert [o["path-template"] for o in descriptor["output-files"]] == ["[OUTPUT_DIR]"]
 
 
-def test_dockerfile_agrees(descriptor):
+def test_dockerfile_agrees():
     text = DOCKERFILE.read_text()
     assert 'ENTRYPOINT ["msqmri"]' in text
     assert f'org.opencontainers.image.version="{bids_app.__version__}"' in text
+
+
+def test_dockerfile_pins_every_dependency():
+    pins = {
+        re.sub(r"[-_.]+", "-", name).lower()
+        for name in re.findall(
+            r"([A-Za-z0-9][A-Za-z0-9._-]*)==[0-9][^\s\\]*", DOCKERFILE.read_text()
+        )
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {
+        re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", dep).group()).lower()
+        for dep in project["dependencies"]
+    }
+    assert needed <= pins, f"Dockerfile: pin {sorted(needed - pins)}"
+    assert "bids-validator-deno" in pins
 
 
 def test_every_dest_is_an_input_and_back(inputs, actions):

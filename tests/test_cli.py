@@ -21,8 +21,9 @@ def tree_hash(root: Path) -> str:
 
 @pytest.fixture
 def vfa_ds(tmp_path):
-    return write_dataset(tmp_path / "bids", {"sub-01": vfa_spec("sub-01"),
-                                             "sub-02": vfa_spec("sub-02")})
+    return write_dataset(
+        tmp_path / "bids", {"sub-01": vfa_spec("sub-01"), "sub-02": vfa_spec("sub-02")}
+    )
 
 
 def test_version(capsys):
@@ -39,11 +40,16 @@ def test_models_list(capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["/nonexistent/bids", "/tmp/out", "participant"], ["{bids}", "{out}", "subject"],
-     ["{bids}", "{out}", "participant", "--no-such-option"],
-     ["{bids}", "{out}", "participant", "--models", "not_a_model"],
-     ["{bids}", "{out}", "participant", "--nprocs", "0"],
-     ["{bids}", "{bids}", "participant"], ["{bids}", "{bids}/out", "participant"]],
+    [
+        [],
+        ["/nonexistent/bids", "/tmp/out", "participant"],
+        ["{bids}", "{out}", "subject"],
+        ["{bids}", "{out}", "participant", "--no-such-option"],
+        ["{bids}", "{out}", "participant", "--models", "not_a_model"],
+        ["{bids}", "{out}", "participant", "--nprocs", "0"],
+        ["{bids}", "{bids}", "participant"],
+        ["{bids}", "{bids}/out", "participant"],
+    ],
 )
 def test_usage_errors_exit_64(argv, vfa_ds, tmp_path, capsys):
     argv = [a.format(bids=vfa_ds, out=tmp_path / "out") for a in argv]
@@ -53,9 +59,20 @@ def test_usage_errors_exit_64(argv, vfa_ds, tmp_path, capsys):
 
 
 def test_labels_stripped_and_snake_case(vfa_ds, tmp_path):
-    ns = parse_args([str(vfa_ds), str(tmp_path / "o"), "participant", "group",
-                     "--participant_label", "sub-01", "02", "--session_label", "ses-a",
-                     "--skip_bids_validator"])
+    ns = parse_args(
+        [
+            str(vfa_ds),
+            str(tmp_path / "o"),
+            "participant",
+            "group",
+            "--participant_label",
+            "sub-01",
+            "02",
+            "--session_label",
+            "ses-a",
+            "--skip_bids_validator",
+        ]
+    )
     assert ns.participant_label == ["01", "02"]
     assert ns.session_label == ["a"]
     assert ns.skip_bids_validation
@@ -70,35 +87,45 @@ def test_derivatives_inside_bids_allowed(vfa_ds):
 
 def test_unknown_label_exit_18(vfa_ds, tmp_path):
     before = tree_hash(vfa_ds)
-    assert main([str(vfa_ds), str(tmp_path / "out"), "participant", "--participant-label",
-                 "99", "--skip-bids-validation"]) == 18
+    assert (
+        main(
+            [
+                str(vfa_ds),
+                str(tmp_path / "out"),
+                "participant",
+                "--participant-label",
+                "99",
+                "--skip-bids-validation",
+            ]
+        )
+        == 18
+    )
     assert tree_hash(vfa_ds) == before
 
 
 def test_no_qmri_inputs_exit_66(tmp_path):
     ds = write_dataset(tmp_path / "bids", {"sub-01": {"dwi/sub-01_dwi": ({}, None)}})
-    assert main([str(ds), str(tmp_path / "out"), "participant",
-                 "--skip-bids-validation"]) == 66
+    assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 66
 
 
 def test_unwritable_output_exit_73(vfa_ds, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    assert main([str(vfa_ds), str(blocker / "out"), "participant",
-                 "--skip-bids-validation"]) == 73
+    assert main([str(vfa_ds), str(blocker / "out"), "participant", "--skip-bids-validation"]) == 73
 
 
 def test_missing_dataset_description_exit_64(tmp_path):
     ds = write_dataset(tmp_path / "bids", {"sub-01": vfa_spec()})
     (ds / "dataset_description.json").unlink()
-    assert main([str(ds), str(tmp_path / "out"), "participant",
-                 "--skip-bids-validation"]) == 64
+    assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 64
 
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [({"RepetitionTimeExcitation": 15}, "RepetitionTimeExcitation"),
-     ({"FlipAngle": "3"}, "FlipAngle")],
+    [
+        ({"RepetitionTimeExcitation": 15}, "RepetitionTimeExcitation"),
+        ({"FlipAngle": "3"}, "FlipAngle"),
+    ],
 )
 def test_metadata_errors_exit_65_name_file_and_key(tmp_path, caplog, overrides, key):
     spec = vfa_spec()
@@ -106,8 +133,7 @@ def test_metadata_errors_exit_65_name_file_and_key(tmp_path, caplog, overrides, 
     spec[stem] = ({**spec[stem][0], **overrides}, None)
     ds = write_dataset(tmp_path / "bids", {"sub-01": spec})
     before = tree_hash(ds)
-    assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) \
-        == 65
+    assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 65
     text = caplog.text
     assert "sub-01_flip-1_VFA.json" in text
     assert key in text
@@ -115,10 +141,11 @@ def test_metadata_errors_exit_65_name_file_and_key(tmp_path, caplog, overrides, 
 
 
 def test_echo_time_in_ms_exit_65(tmp_path, caplog):
-    spec = {f"anat/sub-01_echo-{i}_MEGRE": ({"EchoTime": te}, None)
-            for i, te in enumerate((3.5, 7.0, 10.5), start=1)}
+    spec = {
+        f"anat/sub-01_echo-{i}_MEGRE": ({"EchoTime": te}, None)
+        for i, te in enumerate((3.5, 7.0, 10.5), start=1)
+    }
     ds = write_dataset(tmp_path / "bids", {"sub-01": spec})
-    assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) \
-        == 65
+    assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 65
     assert "EchoTime" in caplog.text
     assert "milliseconds" in caplog.text

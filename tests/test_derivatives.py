@@ -16,24 +16,51 @@ from bids_app.bids.derivatives import (
 
 
 def test_names_follow_entity_order_not_input_order():
-    ents = {"desc": "MTS", "space": "FLAIR", "acquisition": "sag", "subject": "01",
-            "session": "2", "run": "1"}
-    assert build_name(ents, "T1map") == "sub-01_ses-2_acq-sag_run-1_space-FLAIR_desc-MTS_T1map.nii.gz"
+    ents = {
+        "desc": "MTS",
+        "space": "FLAIR",
+        "acquisition": "sag",
+        "subject": "01",
+        "session": "2",
+        "run": "1",
+    }
+    assert (
+        build_name(ents, "T1map") == "sub-01_ses-2_acq-sag_run-1_space-FLAIR_desc-MTS_T1map.nii.gz"
+    )
 
 
 def test_index_entities_dropped_from_derived_names():
-    src = {"subject": "01", "flip": "1", "mt": "off", "echo": "2", "part": "mag",
-           "acquisition": "x", "suffix": "MTS", "extension": ".nii.gz", "datatype": "anat"}
-    assert naming_entities(src, space="T1w") == {"subject": "01", "acquisition": "x",
-                                                 "space": "T1w"}
+    src = {
+        "subject": "01",
+        "flip": "1",
+        "mt": "off",
+        "echo": "2",
+        "part": "mag",
+        "acquisition": "x",
+        "suffix": "MTS",
+        "extension": ".nii.gz",
+        "datatype": "anat",
+    }
+    assert naming_entities(src, space="T1w") == {
+        "subject": "01",
+        "acquisition": "x",
+        "space": "T1w",
+    }
 
 
 def test_write_image_float32_and_sidecar(tmp_path):
     import nibabel as nib
 
     aff = np.diag([2.0, 2.0, 3.0, 1.0])
-    path = write_image(tmp_path, "anat", {"subject": "01"}, "T1map",
-                       np.ones((4, 4, 4), dtype=np.float64), aff, {"Units": "s"})
+    path = write_image(
+        tmp_path,
+        "anat",
+        {"subject": "01"},
+        "T1map",
+        np.ones((4, 4, 4), dtype=np.float64),
+        aff,
+        {"Units": "s"},
+    )
     assert path == tmp_path / "sub-01" / "anat" / "sub-01_T1map.nii.gz"
     img = nib.load(path)
     assert img.get_data_dtype() == np.float32

@@ -18,8 +18,10 @@ MT = MetaSpec("MTState", "bool")
 
 
 def _vols(metas, suffix="VFA"):
-    return [Volume(f"/d/sub-01/anat/sub-01_flip-{i + 1}_{suffix}.nii.gz", {"flip": str(i + 1)},
-                   m) for i, m in enumerate(metas)]
+    return [
+        Volume(f"/d/sub-01/anat/sub-01_flip-{i + 1}_{suffix}.nii.gz", {"flip": str(i + 1)}, m)
+        for i, m in enumerate(metas)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -35,8 +37,8 @@ def test_valid_values_pass(spec, value, expected):
     [
         (TE, 3.5, "milliseconds"),
         (TR, 15, "milliseconds"),
-        (FA, 0.349, "radians"),       # 20 degrees in radians
-        (FA, 1.0472, "radians"),      # 60 degrees in radians
+        (FA, 0.349, "radians"),  # 20 degrees in radians
+        (FA, 1.0472, "radians"),  # 60 degrees in radians
         (FA, 200, "degrees"),
         (FA, -5, "degrees"),
         (TE, "0.005", "number in seconds"),
@@ -61,8 +63,9 @@ def test_bad_values_refused_with_file_key_value(spec, value, fragment):
 def test_collection_sorted_by_metadata_not_entity():
     spec = InputSpec("vfa", {"suffix": "VFA"}, (FA, TR), stack_along=("FlipAngle",))
     # entity flip-1 has the larger angle: order must follow the metadata value
-    vols = _vols([{"FlipAngle": 20, "RepetitionTime": 0.015},
-                  {"FlipAngle": 3, "RepetitionTime": 0.015}])
+    vols = _vols(
+        [{"FlipAngle": 20, "RepetitionTime": 0.015}, {"FlipAngle": 3, "RepetitionTime": 0.015}]
+    )
     coll = build_collection(spec, vols)
     assert coll.values("FlipAngle").tolist() == [3.0, 20.0]
     assert coll.paths[0].endswith("flip-2_VFA.nii.gz")
@@ -86,15 +89,18 @@ def test_missing_key_named_with_sidecar():
 
 def test_inconsistent_tr_across_collection():
     spec = InputSpec("vfa", {"suffix": "VFA"}, (FA, TR), stack_along=("FlipAngle",))
-    coll = build_collection(spec, _vols([{"FlipAngle": 5, "RepetitionTime": 0.015},
-                                         {"FlipAngle": 10, "RepetitionTime": 0.02}]))
+    coll = build_collection(
+        spec,
+        _vols(
+            [{"FlipAngle": 5, "RepetitionTime": 0.015}, {"FlipAngle": 10, "RepetitionTime": 0.02}]
+        ),
+    )
     with pytest.raises(MetadataError, match="same value"):
         coll.common("RepetitionTimeExcitation")
 
 
 def test_volume_count_checked():
-    spec = InputSpec("mtr", {"suffix": "MTR"}, (MT,), stack_along=("MTState",),
-                     n_volumes=(2, 2))
+    spec = InputSpec("mtr", {"suffix": "MTR"}, (MT,), stack_along=("MTState",), n_volumes=(2, 2))
     with pytest.raises(MetadataError, match="number of volumes"):
         build_collection(spec, _vols([{"MTState": True}], "MTR"))
 

@@ -1,0 +1,1 @@
+"""BIDS layer: layouts, queries, metadata checks, validation and derivative writing."""

@@ -23,17 +23,36 @@ logger = logging.getLogger(__name__)
 
 #: BIDS entity order (key in pybids, key in file names)
 ENTITY_ORDER = (
-    ("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
-    ("ceagent", "ce"), ("reconstruction", "rec"), ("direction", "dir"), ("run", "run"),
-    ("echo", "echo"), ("flip", "flip"), ("inv", "inv"), ("mt", "mt"), ("part", "part"),
-    ("space", "space"), ("label", "label"), ("desc", "desc"),
+    ("subject", "sub"),
+    ("session", "ses"),
+    ("task", "task"),
+    ("acquisition", "acq"),
+    ("ceagent", "ce"),
+    ("reconstruction", "rec"),
+    ("direction", "dir"),
+    ("run", "run"),
+    ("echo", "echo"),
+    ("flip", "flip"),
+    ("inv", "inv"),
+    ("mt", "mt"),
+    ("part", "part"),
+    ("space", "space"),
+    ("label", "label"),
+    ("desc", "desc"),
 )
 #: entities that index volumes within a collection and never name a derived map
 INDEX_ENTITIES = {"echo", "flip", "inv", "mt", "part"}
 #: files that are not BIDS derivatives yet, listed in .bidsignore
 BIDSIGNORE = (
-    "logs/", "*.html", "figures/", "*_stats.tsv", "*_stats.json", "group_*",
-    "*_dwimap.*", "*_xfm.txt", "*_desc-rmse_*",
+    "logs/",
+    "*.html",
+    "**/figures",
+    "*_stats.tsv",
+    "*_stats.json",
+    "group_*",
+    "*_dwimap.*",
+    "*_xfm.txt",
+    "*_desc-rmse_*",
 )
 
 
@@ -58,8 +77,11 @@ def build_name(entities: Mapping[str, Any], suffix: str, extension: str = ".nii.
     >>> build_name({'subject': '01', 'desc': 'rmse', 'session': 'a'}, 'T1map')
     'sub-01_ses-a_desc-rmse_T1map.nii.gz'
     """
-    parts = [f"{short}-{entities[long]}" for long, short in ENTITY_ORDER
-             if entities.get(long) is not None]
+    parts = [
+        f"{short}-{entities[long]}"
+        for long, short in ENTITY_ORDER
+        if entities.get(long) is not None
+    ]
     return "_".join([*parts, suffix]) + extension
 
 
@@ -73,9 +95,13 @@ def subject_dir(out: Path, entities: Mapping[str, Any], datatype: str) -> Path:
 
 def naming_entities(entities: Mapping[str, Any], **new: Any) -> dict[str, Any]:
     """Source entities without index/descriptive ones, plus ``new`` entities."""
-    keep = {k: v for k, v in entities.items()
-            if k in dict(ENTITY_ORDER) and k not in INDEX_ENTITIES
-            and k not in ("space", "label", "desc")}
+    keep = {
+        k: v
+        for k, v in entities.items()
+        if k in dict(ENTITY_ORDER)
+        and k not in INDEX_ENTITIES
+        and k not in ("space", "label", "desc")
+    }
     keep.update(new)
     return keep
 
@@ -100,8 +126,16 @@ def dumps(obj: Any) -> str:
 
 
 def write_image(
-    out: Path, datatype: str, entities: Mapping[str, Any], suffix: str, data: np.ndarray,
-    affine: np.ndarray, sidecar: Mapping[str, Any], *, dtype=np.float32, header=None,
+    out: Path,
+    datatype: str,
+    entities: Mapping[str, Any],
+    suffix: str,
+    data: np.ndarray,
+    affine: np.ndarray,
+    sidecar: Mapping[str, Any],
+    *,
+    dtype=np.float32,
+    header=None,
 ) -> Path:
     """Write ``<name>.nii.gz`` and its ``.json`` sidecar; return the image path."""
     d = subject_dir(out, entities, datatype)
@@ -113,11 +147,14 @@ def write_image(
 
 def write_table(path: Path, table: pd.DataFrame, columns: Mapping[str, str]) -> None:
     """Write a TSV (``n/a`` for missing) and its JSON column dictionary."""
-    text = table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g",
-                        lineterminator="\n")
+    text = table.to_csv(
+        sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n"
+    )
     save_text(path, text)
-    save_text(path.with_suffix(".json"),
-              dumps({c: {"Description": columns.get(c, c)} for c in table.columns}))
+    save_text(
+        path.with_suffix(".json"),
+        dumps({c: {"Description": columns.get(c, c)} for c in table.columns}),
+    )
 
 
 def dataset_description(bids_dir: Path, source_name: str | None = None) -> dict[str, Any]:
@@ -126,22 +163,26 @@ def dataset_description(bids_dir: Path, source_name: str | None = None) -> dict[
         "Name": "msqmri derivatives" + (f" of {source_name}" if source_name else ""),
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
-        "GeneratedBy": [{
-            "Name": "msqmri",
-            "Version": __version__,
-            "Description": "Quantitative MRI maps and MS lesion / normal-appearing tissue "
-            "metrics",
-            "CodeURL": "https://pypi.org/project/msqmri/",
-            "Container": {"Type": "docker", "Tag": f"msqmri/msqmri:{__version__}"},
-        }],
+        "GeneratedBy": [
+            {
+                "Name": "msqmri",
+                "Version": __version__,
+                "Description": "Quantitative MRI maps and MS lesion / normal-appearing tissue "
+                "metrics",
+                "CodeURL": "https://pypi.org/project/msqmri/",
+                "Container": {"Type": "docker", "Tag": f"msqmri/msqmri:{__version__}"},
+            }
+        ],
         "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
         "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
     }
 
 
 def init_output(out: Path, bids_dir: Path) -> None:
-    """Write ``dataset_description.json`` and ``.bidsignore`` (atomic: safe when parallel
-    participant jobs start together, as every writer writes the same bytes)."""
+    """Write ``dataset_description.json`` and ``.bidsignore`` atomically.
+
+    Safe when parallel participant jobs start together: every writer writes the same bytes.
+    """
     try:
         name = json.loads((bids_dir / "dataset_description.json").read_text()).get("Name")
     except (OSError, json.JSONDecodeError, AttributeError):

@@ -40,8 +40,9 @@ def check_json_files(root: Path) -> None:
         try:
             json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise MetadataError(str(path), "JSON", f"line {getattr(err, 'lineno', '?')}",
-                                f"valid JSON ({err})") from None
+            raise MetadataError(
+                str(path), "JSON", f"line {getattr(err, 'lineno', '?')}", f"valid JSON ({err})"
+            ) from None
 
 
 def make_layout(
@@ -79,7 +80,11 @@ def make_layout(
     config = ["bids", "derivatives"] if derivative else ["bids"]
     try:
         layout = BIDSLayout(
-            bids_dir, validate=False, derivatives=False, indexer=indexer, config=config,
+            bids_dir,
+            validate=False,
+            derivatives=False,
+            indexer=indexer,
+            config=config,
             is_derivative=derivative,
         )
     except ValueError as err:
@@ -104,8 +109,7 @@ def select_subjects(
         missing = sorted(set(participant_label) - set(subjects))
         if missing:
             raise SelectionError(
-                f"participant label(s) {missing} not found in {layout.root}; "
-                f"available: {subjects}"
+                f"participant label(s) {missing} not found in {layout.root}; available: {subjects}"
             )
         subjects = [s for s in subjects if s in participant_label]
     units: list[tuple[str, str | None]] = []

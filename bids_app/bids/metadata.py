@@ -70,16 +70,20 @@ def check_value(path: str, spec: MetaSpec, key: str, value: Any) -> Any:
     if spec.kind == "time":
         if x > hi and lo * 1000 <= x <= hi * 1000:
             raise MetadataError(
-                path, key, value,
+                path,
+                key,
+                value,
                 f"seconds in [{lo:g}, {hi:g}]; this looks like milliseconds "
                 f"({x / 1000:g} s?) — BIDS times are in seconds",
             )
         if not lo <= x <= hi:
             raise MetadataError(path, key, value, f"seconds in [{lo:g}, {hi:g}]")
     elif spec.kind == "angle":
-        if _looks_like_radians(x) or x < lo and x <= math.pi and x > 0:
+        if _looks_like_radians(x) or (x < lo and x <= math.pi and x > 0):
             raise MetadataError(
-                path, key, value,
+                path,
+                key,
+                value,
                 f"degrees in [{lo:g}, {hi:g}]; this looks like radians "
                 f"({math.degrees(x):.4g} deg?) — BIDS angles are in degrees",
             )
@@ -115,10 +119,15 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
         raise ValueError(f"no volumes for input {spec.name!r}")
     lo_n, hi_n = spec.n_volumes
     if len(volumes) < lo_n or (hi_n and len(volumes) > hi_n):
-        expected = f"{lo_n}" if lo_n == hi_n else f"at least {lo_n}" + (
-            f" and at most {hi_n}" if hi_n else "")
+        expected = (
+            f"{lo_n}"
+            if lo_n == hi_n
+            else f"at least {lo_n}" + (f" and at most {hi_n}" if hi_n else "")
+        )
         raise MetadataError(
-            volumes[0].path, "number of volumes", len(volumes),
+            volumes[0].path,
+            "number of volumes",
+            len(volumes),
             f"{expected} {spec.query.get('suffix', spec.name)} images in one collection "
             f"(found {[v.path for v in volumes]})",
         )
@@ -131,9 +140,12 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
             if raw is None:
                 if ms.required:
                     raise MetadataError(
-                        _sidecar(vol.path), ms.key, None,
+                        _sidecar(vol.path),
+                        ms.key,
+                        None,
                         f"the key to be present (aliases: {list(ms.aliases)})"
-                        if ms.aliases else "the key to be present",
+                        if ms.aliases
+                        else "the key to be present",
                     )
                 vals.append(None)
                 continue
@@ -147,8 +159,10 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
         for i, k in enumerate(keys):
             if k in seen:
                 raise MetadataError(
-                    _sidecar(volumes[i].path), "/".join(spec.stack_along), k[0] if len(k) == 1
-                    else k, f"a value distinct from {volumes[seen[k]].path} (duplicated "
+                    _sidecar(volumes[i].path),
+                    "/".join(spec.stack_along),
+                    k[0] if len(k) == 1 else k,
+                    f"a value distinct from {volumes[seen[k]].path} (duplicated "
                     f"{'/'.join(spec.stack_along)} within one collection)",
                 )
             seen[k] = i

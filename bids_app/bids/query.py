@@ -16,7 +16,7 @@ from typing import Any
 from bids import BIDSLayout
 
 from bids_app.bids.metadata import build_collection
-from bids_app.models.base import Collection, InputSpec, QMRIModel, Volume
+from bids_app.models.base import Collection, QMRIModel, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class ModelRun:
     model: type[QMRIModel]
     collections: Mapping[str, Collection]
     entities: Mapping[str, Any] = field(default_factory=dict)
+    #: the input set used (stacked on the last axis in this order)
+    stacked: tuple[str, ...] = ()
 
     @property
     def sources(self) -> list[str]:
@@ -93,7 +95,8 @@ def shared_entities(volumes: list[Volume]) -> dict[str, Any]:
         return {}
     first = dict(volumes[0].entities)
     return {
-        k: v for k, v in first.items()
+        k: v
+        for k, v in first.items()
         if k not in _NON_IDENTIFYING and all(x.entities.get(k) == v for x in volumes[1:])
     }
 
@@ -115,8 +118,10 @@ def resolve_model(
     filters = filters or {}
     specs = {s.name: s for s in model.inputs}
     for names in model.input_sets():
-        found = {n: find_volumes(layout, subject, session, specs[n].query, filters.get(n))
-                 for n in names}
+        found = {
+            n: find_volumes(layout, subject, session, specs[n].query, filters.get(n))
+            for n in names
+        }
         if not all(found.values()):
             continue
         lead = specs[names[0]]
@@ -133,7 +138,7 @@ def resolve_model(
                     opt = find_volumes(layout, subject, session, s.query, filters.get(s.name))
                     if opt:
                         colls[s.name] = build_collection(s, opt)
-            runs.append(ModelRun(model, colls, shared_entities(vols)))
+            runs.append(ModelRun(model, colls, shared_entities(vols), tuple(names)))
         return runs
     return []
 
@@ -151,7 +156,8 @@ def find_structural(
         vols = find_volumes(layout, subject, session, query, filters.get(name.lower()))
         if vols:
             if len(vols) > 1:
-                logger.info("sub-%s: %d %s images; using %s", subject, len(vols), name,
-                            vols[0].path)
+                logger.info(
+                    "sub-%s: %d %s images; using %s", subject, len(vols), name, vols[0].path
+                )
             out[name] = vols[0]
     return out

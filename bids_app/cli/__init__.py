@@ -1,0 +1,1 @@
+"""Command-line interface (parser and entry point)."""

@@ -34,7 +34,7 @@ SNAKE_ALIASES = {
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser raising UsageError (exit 64) rather than exiting with 2."""
 
-    def error(self, message: str):  # noqa: D102
+    def error(self, message: str):
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -116,50 +116,109 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bids_dir", type=_existing_dir, help="the input BIDS dataset (read only)")
     p.add_argument("output_dir", type=Path, help="where the derivative dataset is written")
     p.add_argument(
-        "analysis_level", nargs="+", choices=ANALYSIS_LEVELS,
+        "analysis_level",
+        nargs="+",
+        choices=ANALYSIS_LEVELS,
         help="'participant' fits and summarises each subject, 'group' aggregates; both may "
         "be given",
     )
     p.add_argument("--version", action="version", version=f"msqmri {__version__}")
 
     sel = p.add_argument_group("selecting data")
-    sel.add_argument("--participant-label", nargs="+", type=_label("sub-"), metavar="L",
-                     help="subjects to process (with or without 'sub-'); default all")
-    sel.add_argument("--session-label", nargs="+", type=_label("ses-"), metavar="S",
-                     help="sessions to process (with or without 'ses-'); default all")
-    sel.add_argument("--bids-filter-file", type=_filter_file, metavar="FILE",
-                     help="JSON mapping input names (e.g. 'vfa', 'flair') to extra entity "
-                     "filters")
-    sel.add_argument("--derivatives", nargs="+", type=_derivative, metavar="NAME=PATH",
-                     default=[], help="existing derivatives: lesion masks, tissue "
-                     "segmentations, brain masks")
+    sel.add_argument(
+        "--participant-label",
+        nargs="+",
+        type=_label("sub-"),
+        metavar="L",
+        help="subjects to process (with or without 'sub-'); default all",
+    )
+    sel.add_argument(
+        "--session-label",
+        nargs="+",
+        type=_label("ses-"),
+        metavar="S",
+        help="sessions to process (with or without 'ses-'); default all",
+    )
+    sel.add_argument(
+        "--bids-filter-file",
+        type=_filter_file,
+        metavar="FILE",
+        help="JSON mapping input names (e.g. 'vfa', 'flair') to extra entity filters",
+    )
+    sel.add_argument(
+        "--derivatives",
+        nargs="+",
+        type=_derivative,
+        metavar="NAME=PATH",
+        default=[],
+        help="existing derivatives: lesion masks, tissue segmentations, brain masks",
+    )
 
     mod = p.add_argument_group("models")
-    mod.add_argument("--models", nargs="+", metavar="NAME",
-                     help=f"models to run ('list' prints them); choices: {model_names()}; "
-                     "default: every model whose inputs exist")
-    mod.add_argument("--b1", choices=("auto", "none"), default="auto",
-                     help="'auto' corrects flip angles with a B1+ map when the subject has "
-                     "one; 'none' never does (recorded in every sidecar)")
-    mod.add_argument("--reference", choices=REFERENCES, default="auto",
-                     help="reference image for regions ('auto': FLAIR, else T1w, else T2w)")
-    mod.add_argument("--config", type=Path, metavar="FILE.toml",
-                     help="TOML file of model options, e.g. [vfa_t1] fit_method='nonlinear'")
+    mod.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help=f"models to run ('list' prints them); choices: {model_names()}; "
+        "default: every model whose inputs exist",
+    )
+    mod.add_argument(
+        "--b1",
+        choices=("auto", "none"),
+        default="auto",
+        help="'auto' corrects flip angles with a B1+ map when the subject has "
+        "one; 'none' never does (recorded in every sidecar)",
+    )
+    mod.add_argument(
+        "--reference",
+        choices=REFERENCES,
+        default="auto",
+        help="reference image for regions ('auto': FLAIR, else T1w, else T2w)",
+    )
+    mod.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="TOML file of model options, e.g. [vfa_t1] fit_method='nonlinear'",
+    )
 
     run = p.add_argument_group("execution")
-    run.add_argument("-w", "--work-dir", type=Path, metavar="WORK_DIR",
-                     help="scratch directory (default: OUTPUT_DIR/.work)")
-    run.add_argument("--nprocs", type=_positive_int, default=1, metavar="N",
-                     help="worker processes within a subject")
-    run.add_argument("--mem-gb", type=_positive_float, metavar="G",
-                     help="memory budget in GB (sets the fitting chunk size)")
-    run.add_argument("--skip-bids-validation", action="store_true",
-                     help="do not run bids-validator-deno on the input")
+    run.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        metavar="WORK_DIR",
+        help="scratch directory (default: OUTPUT_DIR/.work)",
+    )
+    run.add_argument(
+        "--nprocs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes within a subject",
+    )
+    run.add_argument(
+        "--mem-gb",
+        type=_positive_float,
+        metavar="G",
+        help="memory budget in GB (sets the fitting chunk size)",
+    )
+    run.add_argument(
+        "--skip-bids-validation",
+        action="store_true",
+        help="do not run bids-validator-deno on the input",
+    )
     run.add_argument("--no-reports", action="store_true", help="do not write HTML reports")
-    run.add_argument("--overwrite", action="store_true",
-                     help="recompute outputs that already exist")
-    run.add_argument("-v", "--verbose", action="count", default=0,
-                     help="more logging (-v info details, -vv debug)")
+    run.add_argument(
+        "--overwrite", action="store_true", help="recompute outputs that already exist"
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging (-v info details, -vv debug)",
+    )
     return p
 
 

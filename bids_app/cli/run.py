@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -27,8 +29,7 @@ def _writable_dir(path: Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         reason = err.strerror or str(err)
-        raise OutputError(f"{path}: the {what} cannot be created or written ({reason})") \
-            from None
+        raise OutputError(f"{path}: the {what} cannot be created or written ({reason})") from None
 
 
 def list_models() -> str:
@@ -40,8 +41,11 @@ def list_models() -> str:
         sets = " | ".join(
             " + ".join(
                 f"{s.query.get('datatype', '')}/*_{s.query.get('suffix', s.name)}"
-                for s in model.inputs if s.name in names)
-            for names in model.input_sets())
+                for s in model.inputs
+                if s.name in names
+            )
+            for names in model.input_sets()
+        )
         outs = ", ".join(f"{o.key} [{o.units}]" for o in model.outputs)
         lines.append(f"{name:14s} inputs: {sets}\n{'':14s} outputs: {outs}")
     return "\n".join(lines)
@@ -50,7 +54,7 @@ def list_models() -> str:
 def build_config(ns) -> RunConfig:
     """Turn parsed arguments into the frozen :class:`RunConfig`."""
     out = ns.output_dir
-    work = (ns.work_dir.expanduser().resolve() if ns.work_dir else out / ".msqmri-work")
+    work = ns.work_dir.expanduser().resolve() if ns.work_dir else out / ".msqmri-work"
     return RunConfig(
         bids_dir=ns.bids_dir,
         output_dir=out,
@@ -73,7 +77,7 @@ def build_config(ns) -> RunConfig:
     )
 
 
-def _run(cfg: RunConfig) -> int:
+def _run(cfg: RunConfig, scratch: Path) -> int:
     from bids_app.bids.validate import validate_input
     from bids_app.group import run_group
     from bids_app.participant import run_participants
@@ -81,7 +85,7 @@ def _run(cfg: RunConfig) -> int:
     code = 0
     if "participant" in cfg.analysis_level:
         if not cfg.skip_bids_validation:
-            validate_input(cfg.bids_dir, scratch=cfg.work_dir / "validator")
+            validate_input(cfg.bids_dir, scratch=scratch / "validator")
         code = max(code, run_participants(cfg))
     if "group" in cfg.analysis_level:
         code = max(code, run_group(cfg.bids_dir, cfg.output_dir, reports=cfg.reports))
@@ -111,15 +115,27 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(cfg.verbosity, logdir / "msqmri.log")
         save_text(logdir / "config.toml", f"# msqmri {__version__}\n" + cfg.to_toml())
         os.environ.setdefault("MPLCONFIGDIR", str(cfg.work_dir / "mpl"))
-        logger.info("msqmri %s: %s -> %s (%s)", __version__, cfg.bids_dir, cfg.output_dir,
-                    " ".join(cfg.analysis_level))
-        code = _run(cfg)
+        logger.info(
+            "msqmri %s: %s -> %s (%s)",
+            __version__,
+            cfg.bids_dir,
+            cfg.output_dir,
+            " ".join(cfg.analysis_level),
+        )
+        scratch = cfg.work_dir / f"run-{run_id}"
+        try:
+            code = _run(cfg, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                cfg.work_dir.rmdir()  # only when empty (no other job uses it)
     except MsqmriError as err:
         logger.error("%s", err)
         return err.exit_code
     except Exception as err:
-        logger.error("unexpected error (a bug, please report it; traceback in the log file): "
-                     "%r", err)
+        logger.error(
+            "unexpected error (a bug, please report it; traceback in the log file): %r", err
+        )
         logger.debug("traceback", exc_info=True, extra={"file_only": True})
         return 1
     logger.info("done, exit code %d", code)

@@ -408,8 +408,10 @@ class B1Model(QMRIModel):
         if self.method != "tb1map" or self.scale is not None:
             return self
         values = np.asarray(data)[..., 0][np.asarray(mask, dtype=bool)]
-        return self.with_scale(b1_scale_from_values(values, path=path),
-                               source="inferred from the median of the in-mask values")
+        return self.with_scale(
+            b1_scale_from_values(values, path=path),
+            source="inferred from the median of the in-mask values",
+        )
 
     @property
     def acquisition(self) -> dict[str, Any]:

@@ -156,7 +156,9 @@ class Collection:
         if bad.size:
             vol = self.volumes[bad[0]]
             raise MetadataError(
-                vol.path, self.sources.get(key, key), float(vals[bad[0]]),
+                vol.path,
+                self.sources.get(key, key),
+                float(vals[bad[0]]),
                 f"the same value as {self.volumes[0].path} ({vals[0]!r}) within one collection",
             )
         return float(vals[0])

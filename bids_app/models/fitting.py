@@ -105,7 +105,9 @@ def fit_masked(
     jobs = []
     for s in starts:
         chunk = idx[s : s + chunk_size]
-        cov = {k: np.asarray(v).reshape(-1)[chunk].astype(np.float64) for k, v in covariates.items()}
+        cov = {
+            k: np.asarray(v).reshape(-1)[chunk].astype(np.float64) for k, v in covariates.items()
+        }
         jobs.append((chunk, flat[chunk].astype(np.float64), cov))
 
     if nprocs > 1 and len(jobs) > 1:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bids_app.errors import MetadataError
-from bids_app.models._mt_physics import mtr, mtsat_helms, weiskopf2013_correction
+from bids_app.models._mt_physics import mtr, mtsat_exact, mtsat_helms, weiskopf2013_correction
 from bids_app.models.base import (
     Collection,
     InputSpec,
@@ -242,7 +242,8 @@ class MTsatModel(QMRIModel):
     )
     uses_b1 = True
     option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
-        "mt_b1_correction": ("none", "weiskopf2013")
+        "mt_b1_correction": ("none", "weiskopf2013"),
+        "fit_method": ("exact", "helms2008"),
     }
     inputs = (
         InputSpec(
@@ -336,7 +337,8 @@ class MTsatModel(QMRIModel):
         s_pd, s_t1, s_mt = signal[:, i_pd], signal[:, i_t1], signal[:, i_mt]
         flips = tuple(np.deg2rad(self.flip_angles[i]) for i in self.roles)
         trs = tuple(self.repetition_times[i] for i in self.roles)
-        delta, r1, a = mtsat_helms(s_pd, s_t1, s_mt, flips, trs, b1)
+        solver = mtsat_exact if self.options["fit_method"] == "exact" else mtsat_helms
+        delta, r1, a = solver(s_pd, s_t1, s_mt, flips, trs, b1)
         ok = np.all(np.isfinite(signal) & (signal > 0), axis=1)
         if b1 is not None:
             ok &= np.isfinite(b1) & (b1 > 0)

@@ -15,8 +15,13 @@ def _scale(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
-def mosaic(volume: np.ndarray, *, outline: np.ndarray | None = None, n_slices: int = 5,
-           window: tuple[float, float] | None = None) -> np.ndarray:
+def mosaic(
+    volume: np.ndarray,
+    *,
+    outline: np.ndarray | None = None,
+    n_slices: int = 5,
+    window: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Axial slices side by side as an RGB uint8 image, with an optional red outline.
 
     Parameters
@@ -33,8 +38,9 @@ def mosaic(volume: np.ndarray, *, outline: np.ndarray | None = None, n_slices: i
     (Y, n_slices * X, 3) uint8 ndarray
     """
     finite = volume[np.isfinite(volume)]
-    lo, hi = window or ((np.percentile(finite, 2), np.percentile(finite, 98))
-                        if finite.size else (0.0, 1.0))
+    lo, hi = window or (
+        (np.percentile(finite, 2), np.percentile(finite, 98)) if finite.size else (0.0, 1.0)
+    )
     zs = np.linspace(0.25, 0.75, n_slices) * (volume.shape[2] - 1)
     tiles = []
     for z in np.round(zs).astype(int):

@@ -22,10 +22,20 @@ logger = logging.getLogger(__name__)
 
 #: dseg label names understood, lower case -> tissue code (1 GM, 2 WM, 3 CSF, 4 lesion)
 DSEG_NAMES = {
-    "gm": 1, "grey matter": 1, "gray matter": 1, "cgm": 1, "greymatter": 1,
-    "wm": 2, "white matter": 2, "whitematter": 2,
-    "csf": 3, "cerebrospinal fluid": 3,
-    "lesion": 4, "lesions": 4, "wmh": 4, "ms lesion": 4,
+    "gm": 1,
+    "grey matter": 1,
+    "gray matter": 1,
+    "cgm": 1,
+    "greymatter": 1,
+    "wm": 2,
+    "white matter": 2,
+    "whitematter": 2,
+    "csf": 3,
+    "cerebrospinal fluid": 3,
+    "lesion": 4,
+    "lesions": 4,
+    "wmh": 4,
+    "ms lesion": 4,
 }
 ORIG_SPACES = (None, "orig")
 
@@ -44,8 +54,9 @@ def choose_reference(ctx: SubjectContext) -> None:
             logger.info("%s: reference image %s", ctx.label, Path(vol.path).name)
             return
     if ctx.cfg.reference != "auto":
-        logger.warning("%s: no %s image; maps stay in their native space", ctx.label,
-                       ctx.cfg.reference)
+        logger.warning(
+            "%s: no %s image; maps stay in their native space", ctx.label, ctx.cfg.reference
+        )
 
 
 def _load_on_grid(path: str, grid: Grid) -> np.ndarray:
@@ -61,8 +72,10 @@ def _derivative_files(ctx: SubjectContext, query: dict) -> list:
     out = []
     for name, layout in ctx.derivative_layouts.items():
         for vol in find_volumes(layout, ctx.subject, ctx.session, query):
-            if vol.entities.get("space") in ORIG_SPACES or vol.entities.get("space") == \
-                    ctx.reference_name:
+            if (
+                vol.entities.get("space") in ORIG_SPACES
+                or vol.entities.get("space") == ctx.reference_name
+            ):
                 out.append((name, vol))
     return out
 
@@ -70,14 +83,20 @@ def _derivative_files(ctx: SubjectContext, query: dict) -> list:
 def _dseg_codes(path: str) -> dict[int, int]:
     tsv = Path(path.replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))
     if not tsv.is_file():
-        raise MetadataError(str(tsv), "file", "missing",
-                            "a _dseg.tsv with 'index' and 'name' columns beside the dseg")
+        raise MetadataError(
+            str(tsv),
+            "file",
+            "missing",
+            "a _dseg.tsv with 'index' and 'name' columns beside the dseg",
+        )
     table = pd.read_csv(tsv, sep="\t")
     if not {"index", "name"} <= set(table.columns):
         raise MetadataError(str(tsv), "columns", list(table.columns), "'index' and 'name'")
-    return {int(i): DSEG_NAMES[str(n).strip().lower()] for i, n in
-            zip(table["index"], table["name"], strict=True)
-            if str(n).strip().lower() in DSEG_NAMES}
+    return {
+        int(i): DSEG_NAMES[str(n).strip().lower()]
+        for i, n in zip(table["index"], table["name"], strict=True)
+        if str(n).strip().lower() in DSEG_NAMES
+    }
 
 
 def find_masks(ctx: SubjectContext) -> None:
@@ -94,8 +113,9 @@ def find_masks(ctx: SubjectContext) -> None:
         ctx.brain_mask, method = segmentation.brain_mask(ref_data, zooms=grid.zooms)
         ctx.brain_mask_source = f"computed on {Path(ctx.reference_path).name}: {method}"
 
-    lesion = (_derivative_files(ctx, {"suffix": "mask", "label": ["lesion", "WMH"]})
-              or _derivative_files(ctx, {"suffix": "mask", "desc": "lesion"}))
+    lesion = _derivative_files(
+        ctx, {"suffix": "mask", "label": ["lesion", "WMH"]}
+    ) or _derivative_files(ctx, {"suffix": "mask", "desc": "lesion"})
     dsegs = _derivative_files(ctx, {"suffix": "dseg"})
     if lesion:
         name, vol = lesion[0]
@@ -115,11 +135,14 @@ def find_masks(ctx: SubjectContext) -> None:
             ctx.tissue = tissue
             ctx.tissue_source = f"provided: bids:{name}:{Path(vol.path).name}"
     if ctx.tissue is None:
-        probs = {lab: _derivative_files(ctx, {"suffix": "probseg", "label": lab})
-                 for lab in ("GM", "WM", "CSF")}
+        probs = {
+            lab: _derivative_files(ctx, {"suffix": "probseg", "label": lab})
+            for lab in ("GM", "WM", "CSF")
+        }
         if all(probs.values()):
-            stack = np.stack([_load_on_grid(probs[k][0][1].path, grid)
-                              for k in ("GM", "WM", "CSF")], axis=-1)
+            stack = np.stack(
+                [_load_on_grid(probs[k][0][1].path, grid) for k in ("GM", "WM", "CSF")], axis=-1
+            )
             tissue = (np.argmax(stack, axis=-1) + 1).astype(np.uint8)
             tissue[stack.max(axis=-1) < 0.5] = 0
             ctx.tissue = tissue
@@ -128,8 +151,9 @@ def find_masks(ctx: SubjectContext) -> None:
     if ctx.lesion_mask is not None:
         ctx.lesion_mask = np.asarray(ctx.lesion_mask, dtype=np.float32)
     else:
-        ctx.lesion_source = "none: no lesion mask provided (built-in lesion segmentation " \
-            "is not available yet)"
+        ctx.lesion_source = (
+            "none: no lesion mask provided (built-in lesion segmentation is not available yet)"
+        )
         logger.info("%s: no lesion mask in --derivatives; lesion regions are empty", ctx.label)
 
     if ctx.tissue is None:
@@ -138,6 +162,7 @@ def find_masks(ctx: SubjectContext) -> None:
         seg_img = _load_on_grid(seg_path, grid) if seg_path != ctx.reference_path else ref_data
         exclude = ctx.lesion_mask > 0.5 if ctx.lesion_mask is not None else None
         ctx.tissue, method = segmentation.segment_tissue(
-            seg_img, ctx.brain_mask, contrast=seg_name, exclude=exclude)
+            seg_img, ctx.brain_mask, contrast=seg_name, exclude=exclude
+        )
         ctx.tissue_source = f"computed on {Path(seg_path).name}: {method}"
     ctx.tissue = np.where(ctx.brain_mask, ctx.tissue, 0).astype(np.uint8)

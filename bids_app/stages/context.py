@@ -29,17 +29,17 @@ class Grid:
 class MapRecord:
     """A written map: where it is, what it is, its data natively and on the reference grid."""
 
-    key: str                      # 'T1map' or 'desc-MTS_T1map'
+    key: str  # 'T1map' or 'desc-MTS_T1map'
     units: str
-    path: Path                    # native-space file
+    path: Path  # native-space file
     model: str
-    entities: dict[str, Any]      # naming entities of the native file
+    entities: dict[str, Any]  # naming entities of the native file
     suffix: str
     datatype: str
     sidecar: dict[str, Any]
-    native: np.ndarray            # float32 on ``native_grid``
+    native: np.ndarray  # float32 on ``native_grid``
     native_grid: Grid
-    data_ref: np.ndarray | None = None   # on the reference grid, float32
+    data_ref: np.ndarray | None = None  # on the reference grid, float32
 
 
 @dataclass
@@ -52,17 +52,17 @@ class SubjectContext:
     subject: str
     session: str | None
     entities: dict[str, Any] = field(default_factory=dict)
-    reference_name: str | None = None     # 'FLAIR' / 'T1w' / 'T2w'
+    reference_name: str | None = None  # 'FLAIR' / 'T1w' / 'T2w'
     reference_path: str | None = None
-    grid: Grid | None = None              # reference grid
-    structural: dict[str, Any] = field(default_factory=dict)   # name -> Volume
+    grid: Grid | None = None  # reference grid
+    structural: dict[str, Any] = field(default_factory=dict)  # name -> Volume
     brain_mask: np.ndarray | None = None  # on the reference grid
     brain_mask_source: str = ""
-    tissue: np.ndarray | None = None      # 0 bg, 1 GM, 2 WM, 3 CSF (reference grid)
+    tissue: np.ndarray | None = None  # 0 bg, 1 GM, 2 WM, 3 CSF (reference grid)
     tissue_source: str = ""
     lesion_mask: np.ndarray | None = None
     lesion_source: str = ""
-    b1: list[dict[str, Any]] = field(default_factory=list)     # fitted B1 maps
+    b1: list[dict[str, Any]] = field(default_factory=list)  # fitted B1 maps
     maps: list[MapRecord] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from bids_app import regions
+from bids_app import lesions, regions
 from bids_app.bids.derivatives import bids_uri, build_name, subject_dir, write_image, write_table
 from bids_app.io import save_text
 from bids_app.stages.context import SubjectContext
@@ -46,24 +46,57 @@ LESION_COLUMNS = {
     "core_mean": "mean in the lesion core (farther than the rim width from the border)",
     "rim_mean": "mean in the lesion rim (within the rim width of the border)",
 }
-def write_masks(ctx: SubjectContext, region_masks: dict[str, np.ndarray],
-                labels: np.ndarray) -> None:
+
+
+def write_masks(
+    ctx: SubjectContext, region_masks: dict[str, np.ndarray], labels: np.ndarray
+) -> None:
     """Write the brain, tissue and region masks and the lesion label image."""
     out, grid = ctx.cfg.output_dir, ctx.grid
     ents = {"subject": ctx.subject, "session": ctx.session, "space": ctx.reference_name}
     ref_uri = bids_uri("raw", ctx.rel(ctx.reference_path))
-    side = {"SpatialReference": ref_uri, "Type": "Brain",
-            "Sources": [ref_uri], "Method": ctx.brain_mask_source}
-    write_image(out, "anat", dict(ents, desc="brain"), "mask", ctx.brain_mask, grid.affine,
-                side, dtype=np.uint8)
+    side = {
+        "SpatialReference": ref_uri,
+        "Type": "Brain",
+        "Sources": [ref_uri],
+        "Method": ctx.brain_mask_source,
+    }
+    write_image(
+        out,
+        "anat",
+        dict(ents, desc="brain"),
+        "mask",
+        ctx.brain_mask,
+        grid.affine,
+        side,
+        dtype=np.uint8,
+    )
     for name in ("lesion", "NAWM", "NAGM", "WM", "GM", "CSF"):
         method = ctx.lesion_source if name == "lesion" else ctx.tissue_source
-        write_image(out, "anat", dict(ents, label=name), "mask", region_masks[name],
-                    grid.affine, {"SpatialReference": ref_uri, "Method": method,
-                                  "Sources": [ref_uri]}, dtype=np.uint8)
-    path = write_image(out, "anat", dict(ents, desc="lesions"), "dseg", labels, grid.affine,
-                       {"SpatialReference": ref_uri, "Method": ctx.lesion_source,
-                        "Description": "one integer per connected lesion"}, dtype=np.int16)
+        write_image(
+            out,
+            "anat",
+            dict(ents, label=name),
+            "mask",
+            region_masks[name],
+            grid.affine,
+            {"SpatialReference": ref_uri, "Method": method, "Sources": [ref_uri]},
+            dtype=np.uint8,
+        )
+    path = write_image(
+        out,
+        "anat",
+        dict(ents, desc="lesions"),
+        "dseg",
+        labels,
+        grid.affine,
+        {
+            "SpatialReference": ref_uri,
+            "Method": ctx.lesion_source,
+            "Description": "one integer per connected lesion",
+        },
+        dtype=np.int16,
+    )
     ids = [int(i) for i in np.unique(labels) if i > 0]
     tsv = "index\tname\n" + "".join(f"{i}\tlesion_{i}\n" for i in ids)
     save_text(path.with_name(path.name.replace(".nii.gz", ".tsv")), tsv)
@@ -75,13 +108,17 @@ def summarise(ctx: SubjectContext) -> None:
     lesion = ctx.lesion_mask if ctx.lesion_mask is not None else np.zeros(grid.shape)
     labels = regions.lesion_labels(lesion, zooms=grid.zooms)
     labels = np.where(ctx.brain_mask, labels, 0)
-    region_masks = regions.build_regions(ctx.tissue, labels > 0, zooms=grid.zooms)
+    region_masks = regions.build_regions(
+        ctx.tissue, labels > 0, zooms=grid.zooms, brain_mask=ctx.brain_mask
+    )
     write_masks(ctx, region_masks, labels)
 
     maps = {rec.key: rec.data_ref for rec in ctx.maps if rec.data_ref is not None}
     units = {rec.key: rec.units for rec in ctx.maps}
-    ids = {"participant_id": f"sub-{ctx.subject}",
-           "session_id": f"ses-{ctx.session}" if ctx.session else None}
+    ids = {
+        "participant_id": f"sub-{ctx.subject}",
+        "session_id": f"ses-{ctx.session}" if ctx.session else None,
+    }
     stats = regions.region_stats(maps, region_masks, zooms=grid.zooms)
     stats.insert(0, "participant_id", ids["participant_id"])
     stats.insert(1, "session_id", ids["session_id"])
@@ -89,8 +126,9 @@ def summarise(ctx: SubjectContext) -> None:
     stats.insert(4, "space", ctx.reference_name)
     stats = stats[list(REGION_COLUMNS)]
 
-    les = regions.lesion_table(labels, maps, affine=grid.affine, zooms=grid.zooms,
-                               tissue=ctx.tissue)
+    les = lesions.lesion_table(
+        labels, maps, affine=grid.affine, zooms=grid.zooms, tissue=ctx.tissue
+    )
     les.insert(0, "participant_id", ids["participant_id"])
     les.insert(1, "session_id", ids["session_id"])
     les["units"] = les["map"].map(units)
@@ -98,8 +136,10 @@ def summarise(ctx: SubjectContext) -> None:
 
     ents = {"subject": ctx.subject, "session": ctx.session}
     base = subject_dir(ctx.cfg.output_dir, ents, "")
-    write_table(base / build_name(dict(ents, desc="regions"), "stats", ".tsv"), stats,
-                REGION_COLUMNS)
-    write_table(base / build_name(dict(ents, desc="lesions"), "stats", ".tsv"), les,
-                LESION_COLUMNS)
+    write_table(
+        base / build_name(dict(ents, desc="regions"), "stats", ".tsv"), stats, REGION_COLUMNS
+    )
+    write_table(
+        base / build_name(dict(ents, desc="lesions"), "stats", ".tsv"), les, LESION_COLUMNS
+    )
     logger.info("%s: %d lesion(s), %d region rows", ctx.label, int(labels.max()), len(stats))

@@ -1,0 +1,121 @@
+"""End to end on ``msqmri-synth --size small``: file tree, accuracy against truth, group table.
+
+Accuracy limits are the acceptance criteria of the walking-skeleton issue; the synthetic
+SNR is 100 (sigma = mean control-WM signal of each collection's first volume / 100).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import tree_digest
+
+pytestmark = pytest.mark.slow
+SNAPSHOT = Path(__file__).parent / "snapshots" / "expected_outputs.txt"
+WM, LESION = 2, 4
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj, dtype=float)
+
+
+def output_tree(out: Path) -> set[str]:
+    """Relative output paths, without the per-run log folder names."""
+    files = set()
+    for p in out.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(out).as_posix()
+            if rel.startswith("logs/"):
+                rel = "logs/<run>/" + p.name
+            files.add(rel)
+    return files
+
+
+def test_exit_code_and_input_untouched(small_run):
+    assert small_run["code"] == 0
+    assert tree_digest(small_run["bids"]) == small_run["digest_before"]
+
+
+def test_file_tree_matches_snapshot(small_run):
+    found = output_tree(small_run["out"])
+    expected = set(SNAPSHOT.read_text().split())
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    report = (
+        "Expected but not found:\n  "
+        + "\n  ".join(missing)
+        + "\nFound but not expected:\n  "
+        + "\n  ".join(unexpected)
+    )
+    assert not missing, report
+    assert not unexpected, report
+
+
+# (output map in space-FLAIR, truth map, limit on the median relative error in WM)
+ACCURACY = [
+    ("sub-{s}_space-FLAIR_T1map", "T1map", 0.03),
+    ("sub-{s}_space-FLAIR_R2starmap", "R2starmap", 0.03),
+    ("sub-{s}_space-FLAIR_T2map", "T2map", 0.03),
+    ("sub-{s}_space-FLAIR_MTsat", "MTsat", 0.05),
+]
+
+
+def _wm(small_run, sub):
+    truth = small_run["bids"] / "derivatives" / "truth" / f"sub-{sub}" / "anat"
+    return _load(truth / f"sub-{sub}_dseg.nii.gz") == WM, truth
+
+
+@pytest.mark.parametrize("sub", ["01", "02", "03"])
+@pytest.mark.parametrize(("name", "truth_name", "limit"), ACCURACY)
+def test_wm_accuracy_against_truth(small_run, sub, name, truth_name, limit):
+    wm, truth_dir = _wm(small_run, sub)
+    fit = _load(small_run["out"] / f"sub-{sub}" / "anat" / f"{name.format(s=sub)}.nii.gz")
+    truth = _load(truth_dir / f"sub-{sub}_{truth_name}.nii.gz")
+    sel = wm & np.isfinite(fit)
+    assert sel.sum() > 0.95 * wm.sum()  # the fit covers WM
+    rel = (fit[sel] - truth[sel]) / truth[sel]
+    assert abs(np.median(rel)) < limit, f"median relative error {np.median(rel):+.4f}"
+    assert np.median(np.abs(rel)) < limit, f"median |relative error| {np.median(np.abs(rel)):.4f}"
+
+
+@pytest.mark.parametrize("sub", ["01", "02", "03"])
+def test_mtr_within_one_percentage_point(small_run, sub):
+    wm, truth_dir = _wm(small_run, sub)
+    fit = _load(small_run["out"] / f"sub-{sub}" / "anat" / f"sub-{sub}_space-FLAIR_MTRmap.nii.gz")
+    truth = _load(truth_dir / f"sub-{sub}_MTRmap.nii.gz")
+    sel = wm & np.isfinite(fit)
+    assert abs(np.median(fit[sel] - truth[sel])) < 1.0
+    assert np.median(np.abs(fit[sel] - truth[sel])) < 1.0
+
+
+TABLE_MAPS = {
+    "T1map": "T1map",
+    "R2starmap": "R2starmap",
+    "T2map": "T2map",
+    "MTsat": "MTsat",
+    "MTRmap": "MTRmap",
+}
+
+
+@pytest.mark.parametrize("region", ["lesion", "NAWM"])
+def test_group_table_region_means_match_truth(small_run, region):
+    table = pd.read_csv(small_run["out"] / "group_desc-regions_stats.tsv", sep="\t")
+    checked = 0
+    for sub in ("01", "02", "03"):
+        truth_dir = small_run["bids"] / "derivatives" / "truth" / f"sub-{sub}" / "anat"
+        dseg = _load(truth_dir / f"sub-{sub}_dseg.nii.gz")
+        mask = dseg == (LESION if region == "lesion" else WM)
+        rows = table[(table["participant_id"] == f"sub-{sub}") & (table["region"] == region)]
+        if not mask.any():
+            assert (rows["n_voxels"] == 0).all()
+            continue
+        for key, truth_name in TABLE_MAPS.items():
+            truth_mean = _load(truth_dir / f"sub-{sub}_{truth_name}.nii.gz")[mask].mean()
+            ours = rows.loc[rows["map"] == key, "mean"].item()
+            assert ours == pytest.approx(truth_mean, rel=0.02), (sub, key, ours, truth_mean)
+            checked += 1
+    assert checked >= 5
