@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir",
         type=Path,
         metavar="WORK_DIR",
-        help="scratch directory (default: OUTPUT_DIR/.work)",
+        help="scratch directory (default: OUTPUT_DIR/.msqmri-work, removed after the run)",
     )
     run.add_argument(
         "--nprocs",
