@@ -119,3 +119,25 @@ def test_group_table_region_means_match_truth(small_run, region):
             assert ours == pytest.approx(truth_mean, rel=0.02), (sub, key, ours, truth_mean)
             checked += 1
     assert checked >= 5
+
+
+def test_output_passes_bids_validator(small_run, tmp_path):
+    from bids_app.bids.validate import validator_errors
+
+    errors = validator_errors(small_run["out"], scratch=tmp_path / "validator")
+    if errors is None:
+        pytest.skip("bids-validator-deno is not installed")
+    assert errors == []
+
+
+def test_sidecar_traceability(small_run):
+    import json
+
+    side = json.loads((small_run["out"] / "sub-01" / "anat" / "sub-01_T1map.json").read_text())
+    assert side["Units"] == "s"
+    assert side["B1Correction"]["Applied"] is True
+    assert side["B1Correction"]["Source"].endswith("sub-01_TB1map.nii.gz")
+    assert side["AcquisitionParameters"]["FlipAngle"] == [3.0, 8.0, 18.0]
+    assert all(s.startswith("bids:raw:sub-01/anat/sub-01_flip-") for s in side["Sources"])
+    assert side["ModelOptions"] == {"fit_method": "linear"}
+    assert "NumberOfOutOfRangeVoxels" in side
