@@ -4,7 +4,7 @@ Pure array code (DESIGN 2.1): label images and maps in, boolean masks and tidy
 :class:`pandas.DataFrame` tables out. Every distance is Euclidean and in millimetres,
 computed with :func:`scipy.ndimage.distance_transform_edt` and ``sampling=zooms``, so
 anisotropic voxels are handled exactly. The per-lesion table is
-:func:`bids_app.lesions.lesion_table` (also reachable as ``regions.lesion_table``).
+:func:`bids_app.lesions.lesion_table`.
 
 Tissue labels follow :mod:`bids_app.segmentation`: 0 background, 1 GM, 2 WM, 3 CSF.
 """
@@ -365,15 +365,3 @@ def region_stats(
             "n_invalid": np.int64,
         }
     )
-
-
-def __getattr__(name: str):
-    """Expose :func:`bids_app.lesions.lesion_table` as ``regions.lesion_table`` lazily.
-
-    :mod:`bids_app.lesions` imports this module, so a plain import here would be circular.
-    """
-    if name == "lesion_table":
-        from bids_app.lesions import lesion_table
-
-        return lesion_table
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

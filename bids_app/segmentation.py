@@ -47,8 +47,8 @@ MASK_METHODS = {
 
 #: tissue-segmentation methods
 TISSUE_METHODS = {
-    "hmrf": "dipy TissueClassifierHMRF on the brain-masked {contrast}, 3 classes, "
-    "beta={beta:g}, max_iter={max_iter}, tolerance={tolerance:g}",
+    "hmrf": "dipy TissueClassifierHMRF on the brain-masked {contrast}, 3 classes, started "
+    "from multi-Otsu, beta={beta:g}, max_iter={max_iter}, tolerance={tolerance:g}",
     "multiotsu": "scikit-image threshold_multiotsu on the brain-masked {contrast}, 3 classes",
 }
 _FILLING = "; lesions filled with the median WM intensity before classification and labelled WM"
@@ -81,8 +81,8 @@ def describe_tissue_segmentation(
     *,
     method: str = "hmrf",
     contrast: str = "T1w",
-    beta: float = 0.1,
-    max_iter: int = 100,
+    beta: float = 0.6,
+    max_iter: int = 20,
     tolerance: float = 1e-5,
     lesion_filling: bool = False,
 ) -> str:
@@ -266,8 +266,8 @@ def segment_tissue(
     contrast: str = "T1w",
     method: str = "hmrf",
     exclude: np.ndarray | None = None,
-    beta: float = 0.1,
-    max_iter: int = 100,
+    beta: float = 0.6,
+    max_iter: int = 20,
     tolerance: float = 1e-5,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, str]:
@@ -294,17 +294,22 @@ def segment_tissue(
         Contrast of ``image``; decides which class is which.
     method : {'hmrf', 'multiotsu'}, optional
         ``'hmrf'``: dipy :class:`~dipy.segment.tissue.TissueClassifierHMRF` (Gaussian classes
-        with a Potts prior, ICM + EM; Zhang et al. 2001) on the brain bounding box.
-        ``'multiotsu'``: scikit-image ``threshold_multiotsu`` with 3 classes; no spatial
-        prior and 50-100x faster. HMRF is better at low SNR (SNR 10: 90 % vs 88 % voxels
-        right), multi-Otsu when partial volume makes the CSF class small and broad (ICBM
-        anatomy, 1 mm blur, SNR 20: CSF Dice 0.94 vs 0.63 at 1 mm).
+        with a Potts prior, ICM + EM; Zhang et al. 2001) on the brain bounding box, started
+        from the multi-Otsu labelling (see ``_standardise``). ``'multiotsu'``:
+        scikit-image ``threshold_multiotsu`` with 3 classes, no spatial prior, 50-100x
+        faster. On a T1w simulated from the ICBM-2009a tissue map of the OSIPI ASL-DRO (1 mm
+        Gaussian blur for partial volume, Rician noise), voxels right at 2 mm:
+        SNR 20: 0.975 (hmrf) vs 0.964 (multiotsu); SNR 10: 0.92 vs 0.76.
     exclude : (X, Y, Z) bool ndarray, optional
         Lesion mask (see above).
     beta : float, optional
-        HMRF smoothness (Potts) parameter; 0.1 is dipy's example value.
+        HMRF smoothness (Potts) parameter, in nats per disagreeing neighbour. dipy's
+        example uses 0.1, which is worse than multi-Otsu on the phantom above (SNR 10:
+        0.70 vs 0.76); 0.3, 0.6 and 1.0 give 0.89, 0.93 and 0.90: default 0.6.
     max_iter : int, optional
-        Maximum number of HMRF iterations.
+        Maximum number of HMRF iterations. The accuracy stops changing after about 20
+        (SNR 10: 0.907, 0.916, 0.923, 0.925 after 5, 10, 20, 40); each costs about 2 s
+        for a 1 mm brain.
     tolerance : float, optional
         HMRF relative energy-change tolerance for early stopping.
     rng : numpy.random.Generator, optional
@@ -318,7 +323,7 @@ def segment_tissue(
     description : str
         Method string for sidecars (:func:`describe_tissue_segmentation` with the same
         options), e.g. ``'dipy TissueClassifierHMRF on the brain-masked T1w, 3 classes,
-        beta=0.1, max_iter=100, tolerance=1e-05'``.
+        started from multi-Otsu, beta=0.6, max_iter=20, tolerance=1e-05'``.
     """
     _choice(method, TISSUE_METHODS, "method")
     _choice(contrast, CLASS_ORDER, "contrast")

@@ -133,14 +133,6 @@ def test_core_and_rim_means():
     assert_allclose(wide.loc[1, "rim_mean"], (26 * 1.0 + 98 * 2.0) / 124)
 
 
-def test_reachable_from_regions():
-    from bids_app import regions
-
-    assert regions.lesion_table is lesion_table
-    with pytest.raises(AttributeError):
-        _ = regions.no_such_function
-
-
 def test_no_maps_and_no_lesions():
     labels = np.zeros((6, 6, 6), np.int32)
     empty = lesion_table(labels, {"m": np.ones(labels.shape)}, affine=np.eye(4), zooms=(1, 1, 1))

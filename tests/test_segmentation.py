@@ -78,6 +78,24 @@ def test_segment_tissue_accuracy(phantom, contrast, method):
         assert dice(labels == k, phantom == k) > 0.95, (contrast, method, k)
 
 
+@pytest.mark.parametrize(
+    ("contrast", "values", "sigma"),
+    [
+        # intensities of the msqmri-synth T1w and FLAIR: CSF near the background, GM much
+        # closer to CSF (T1w) or to WM (FLAIR) than evenly spaced classes would be
+        ("T1w", {CSF: 5.0, GM: 16.0, WM: 41.0}, 1.0),
+        ("FLAIR", {CSF: 3.0, GM: 170.0, WM: 155.0}, 2.8),
+    ],
+)
+def test_hmrf_uneven_class_spacing(phantom, contrast, values, sigma):
+    """dipy's uniform HMRF start would put CSF in the background class without the re-map."""
+    signal = np.select([phantom == k for k in values], list(values.values()))
+    image = rician(signal, sigma, np.random.default_rng(12))
+    labels, _ = segment_tissue(image, phantom > 0, contrast=contrast)
+    for k in (GM, WM, CSF):
+        assert dice(labels == k, phantom == k) > 0.95, k
+
+
 def test_segment_tissue_deterministic(phantom):
     rng = np.random.default_rng(3)
     image = simulate(phantom, "T1w", snr=10, rng=rng)
@@ -181,7 +199,7 @@ def test_brain_mask_validates():
 
 def test_method_descriptions():
     assert "TissueClassifierHMRF" in describe_tissue_segmentation()
-    assert "beta=0.1" in describe_tissue_segmentation()
+    assert "beta=0.6" in describe_tissue_segmentation()
     assert "filled" in describe_tissue_segmentation(lesion_filling=True)
     assert "multiotsu" in describe_tissue_segmentation(method="multiotsu", contrast="FLAIR")
     assert "FLAIR" in describe_tissue_segmentation(contrast="FLAIR")
