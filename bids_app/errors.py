@@ -8,9 +8,16 @@ from __future__ import annotations
 
 
 class MsqmriError(Exception):
-    """Base class of every error msqmri reports to the user; ``exit_code`` is CONTRACT 5."""
+    """Base class of every error msqmri reports to the user; ``exit_code`` is CONTRACT 5.
+
+    The message is always one line (line breaks of wrapped library messages become spaces),
+    so that every error is a single line on stderr and in the log.
+    """
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())
 
 
 class UsageError(MsqmriError, ValueError):

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 MAX_VOXELS = 2_000_000_000
 #: affines of one collection must agree to this many mm
 AFFINE_ATOL = 1e-3
+#: bytes read (and decompressed) at a time when checking a gzip stream
+_CHUNK = 1 << 20
+#: zlib ``wbits`` for the gzip container (header and CRC-32/length trailer checked)
+_GZIP_WBITS = zlib.MAX_WBITS | 16
 
 
 def load_image(path: str | Path) -> nib.Nifti1Image:
@@ -35,7 +39,8 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
     ------
     MetadataError
         Broken symlink (e.g. un-fetched DataLad content), empty or unreadable file, corrupt
-        header, or absurd dimensions.
+        header, absurd dimensions (more than :data:`MAX_VOXELS` voxels), or a non-finite or
+        singular affine. The data are not read here (see :func:`read_data`).
     """
     p = Path(path)
     if p.is_symlink() and not p.exists():
@@ -45,8 +50,12 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
             "broken symlink",
             "an image file (un-fetched DataLad/git-annex content? run 'datalad get')",
         )
-    if not p.is_file() or p.stat().st_size == 0:
-        raise MetadataError(str(p), "file", "empty or missing", "a non-empty NIfTI image")
+    if not p.is_file():
+        raise MetadataError(str(p), "file", "missing", "an existing NIfTI image file")
+    if p.stat().st_size == 0:
+        raise MetadataError(
+            str(p), "file size", "0 bytes", "a non-empty NIfTI image (an interrupted copy?)"
+        )
     try:
         img = nib.load(str(p))
     except Exception as err:  # nibabel raises several types for corrupt files
@@ -63,11 +72,119 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
         )
     if not np.all(np.isfinite(img.affine)):
         raise MetadataError(str(p), "affine", "non-finite", "a finite sform/qform affine")
+    if abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
+        raise MetadataError(
+            str(p),
+            "affine",
+            np.round(img.affine, 4).tolist(),
+            "a non-singular sform/qform affine (voxel sizes > 0)",
+        )
     return img
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file, checking every member's CRC, in bounded memory.
+
+    The output is produced and discarded in chunks of at most :data:`_CHUNK` bytes, so neither
+    a header that lies about the image size nor a "zip bomb" makes this allocate much.
+    Several gzip members and zero padding after the last one are accepted (as ``gzip -d``).
+
+    Raises
+    ------
+    MetadataError
+        Truncated stream or corrupt data (bad CRC or length, invalid deflate blocks).
+    """
+    total = 0
+    with open(path, "rb") as f:
+        try:
+            dec = zlib.decompressobj(_GZIP_WBITS)
+            data = f.read(_CHUNK)
+            while True:
+                while data and not dec.eof:
+                    total += len(dec.decompress(data, _CHUNK))
+                    data = dec.unconsumed_tail
+                if dec.eof:
+                    data = dec.unused_data or f.read(_CHUNK)
+                    if not data.strip(b"\0"):  # end of file, or zero padding up to it
+                        while data:
+                            if data.strip(b"\0"):
+                                raise zlib.error("data after the zero padding")
+                            data = f.read(_CHUNK)
+                        return total
+                    dec = zlib.decompressobj(_GZIP_WBITS)  # the next gzip member
+                    continue
+                data = f.read(_CHUNK)
+                if not data:
+                    total += len(dec.flush())
+                    if dec.eof:
+                        return total
+                    raise MetadataError(
+                        str(path),
+                        "data",
+                        f"gzip stream ending after {total} bytes",
+                        "a complete gzip stream (the file is truncated: an interrupted copy "
+                        "or download?)",
+                    )
+        except zlib.error as err:
+            raise MetadataError(
+                str(path),
+                "data",
+                f"corrupt gzip stream ({err})",
+                "intact compressed data (CRC and length checks of gzip)",
+            ) from None
+
+
+def check_data_size(img: nib.Nifti1Image, path: str | Path) -> None:
+    """Check that the file holds all the data its header declares, before reading any of it.
+
+    A ``.nii.gz`` is decompressed once in bounded memory (checking the gzip CRC, which nibabel
+    does not: it stops reading at the declared size, so corrupt blocks would give silently
+    wrong voxels); a ``.nii`` is checked by its size.
+
+    Raises
+    ------
+    MetadataError
+        Truncated or corrupt file, or a header declaring more data than the file holds.
+    """
+    p = Path(path)
+    offset = int(getattr(img.dataobj, "offset", 0))
+    n_bytes = int(np.prod(img.shape, dtype=np.float64)) * img.get_data_dtype().itemsize
+    expected = offset + n_bytes
+    actual = _gzip_length(p) if p.name.endswith(".gz") else p.stat().st_size
+    if actual < expected:
+        raise MetadataError(
+            str(p),
+            "data size",
+            f"{actual} bytes",
+            f"{expected} bytes, as the header declares (dim {tuple(int(n) for n in img.shape)}, "
+            f"{img.get_data_dtype()}): a truncated file or a wrong header",
+        )
+
+
+def require_signal(data: np.ndarray, path: str | Path) -> None:
+    """Refuse an image without any finite non-zero voxel (a failed reconstruction or export).
+
+    Raises
+    ------
+    MetadataError
+        If every voxel is zero or non-finite.
+    """
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise MetadataError(str(path), "data", "every voxel NaN/Inf", "an image with signal")
+    if not np.any(data[finite]):
+        raise MetadataError(
+            str(path),
+            "data",
+            "every voxel 0",
+            "an image with signal (an all-zero image is a failed reconstruction or export)",
+        )
 
 
 def read_data(img: nib.Nifti1Image, path: str | Path, *, ndim: int = 3) -> np.ndarray:
     """Read image data as float32 with ``ndim`` dimensions (trailing singleton axes dropped).
+
+    Non-finite voxels (NaN, +-Inf) become NaN and are logged.
 
     Raises
     ------
@@ -81,12 +198,20 @@ def read_data(img: nib.Nifti1Image, path: str | Path, *, ndim: int = 3) -> np.nd
         raise MetadataError(
             str(path), "dim", tuple(int(n) for n in img.shape), f"a {ndim}-D image"
         )
+    check_data_size(img, path)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
         raise MetadataError(
             str(path), "data", type(err).__name__, f"complete image data ({err})"
         ) from None
+    bad = ~np.isfinite(data)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if not data.flags.writeable:
+            data = data.copy()
+        data[bad] = np.nan  # +-Inf too: these voxels are missing data, never fitted
+        logger.warning("%s: %d NaN/Inf voxel(s), read as missing (NaN)", path, n_bad)
     return data
 
 
@@ -106,7 +231,8 @@ def load_volumes(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     Raises
     ------
     MetadataError
-        If the images disagree in shape or affine, naming the first that differs.
+        If the images disagree in shape or affine (naming the first that differs), or one has
+        no signal (all zero or non-finite, see :func:`require_signal`).
     """
     first = load_image(paths[0])
     ref_shape, ref_aff = first.shape[:3], first.affine
@@ -124,7 +250,9 @@ def load_volumes(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
                 np.round(img.affine, 4).tolist(),
                 f"the affine of {paths[0]} (same collection)",
             )
-        vols.append(read_data(img, path))
+        data = read_data(img, path)
+        require_signal(data, path)
+        vols.append(data)
     return np.stack(vols, axis=-1), ref_aff
 
 

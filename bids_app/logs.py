@@ -19,7 +19,9 @@ def setup_logging(verbosity: int = 0, logfile: Path | None = None) -> logging.Lo
         File receiving DEBUG messages and tracebacks.
     """
     root = logging.getLogger("bids_app")
-    root.handlers.clear()
+    for handler in list(root.handlers):  # close the previous run's log file
+        root.removeHandler(handler)
+        handler.close()
     root.setLevel(logging.DEBUG)
     err = logging.StreamHandler()
     err.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)

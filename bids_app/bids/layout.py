@@ -10,12 +10,14 @@ from pathlib import Path
 
 from bids import BIDSLayout, BIDSLayoutIndexer
 
-from bids_app.errors import MetadataError, SelectionError, UsageError
+from bids_app.errors import MetadataError, NoInputsError, SelectionError, UsageError
 
 logger = logging.getLogger(__name__)
 
 #: folders never indexed in the raw dataset
 _IGNORE = ("code", "stimuli", "sourcedata", "models", "derivatives", "logs")
+#: attribute of a layout holding the JSON files left out of it (see :func:`invalid_sidecars`)
+_INVALID_ATTR = "msqmri_invalid_sidecars"
 
 
 def _subject_ignore(labels: Sequence[str] | None) -> list[re.Pattern]:
@@ -25,24 +27,62 @@ def _subject_ignore(labels: Sequence[str] | None) -> list[re.Pattern]:
     return [re.compile(rf"^/sub-(?!(?:{alt})(?:/|$))")]
 
 
-def check_json_files(root: Path) -> None:
-    """Parse every JSON sidecar below ``root`` so that a broken one is named clearly.
+def _json_problem(path: Path) -> str | None:
+    """Why a JSON file cannot be used (None if it is a readable JSON object)."""
+    if path.is_symlink() and not path.exists():
+        return "a broken symlink (un-fetched DataLad/git-annex content? run 'datalad get')"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except ValueError as err:  # JSONDecodeError, or an integer of more than 4300 digits
+        return f"invalid JSON ({err})"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    return None
+
+
+def check_json_files(root: Path, *, skip: Sequence[str] = _IGNORE) -> dict[str, str]:
+    """Parse every JSON file below ``root``; return the unusable ones with the reason.
+
+    Parameters
+    ----------
+    root : Path
+        Dataset root.
+    skip : sequence of str
+        Top-level folders not checked (not indexed either).
+
+    Returns
+    -------
+    dict of str to str
+        Path of each unusable JSON file inside a ``sub-<label>`` folder -> what is wrong.
 
     Raises
     ------
     MetadataError
-        For the first file that is not valid JSON (exit 65).
+        For the first unusable JSON file outside the ``sub-<label>`` folders
+        (``dataset_description.json``, top-level sidecars shared by every subject): the
+        whole dataset depends on it (exit 65).
     """
+    bad: dict[str, str] = {}
     for path in sorted(root.rglob("*.json")):
         rel = path.relative_to(root).parts
-        if rel and rel[0] in _IGNORE:
+        if rel and rel[0] in skip:
             continue
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise MetadataError(
-                str(path), "JSON", f"line {getattr(err, 'lineno', '?')}", f"valid JSON ({err})"
-            ) from None
+        problem = _json_problem(path)
+        if problem is None:
+            continue
+        if not rel[0].startswith("sub-") or len(rel) == 1:
+            raise MetadataError(str(path), "JSON", problem, "a readable JSON object")
+        bad[str(path)] = problem
+    return bad
+
+
+def invalid_sidecars(layout: BIDSLayout) -> dict[str, str]:
+    """Unusable JSON files left out of ``layout`` by :func:`make_layout` (path -> reason)."""
+    return dict(getattr(layout, _INVALID_ATTR, {}))
 
 
 def make_layout(
@@ -65,7 +105,10 @@ def make_layout(
     UsageError
         If ``dataset_description.json`` is missing.
     MetadataError
-        If a sidecar is not valid JSON.
+        If a JSON file outside the subject folders is unusable. Unusable JSON files inside a
+        subject folder are left out of the index instead (pybids cannot index them) and
+        recorded for :func:`invalid_sidecars`, so that only the images they describe fail,
+        with exit 65 for that subject alone.
     """
     bids_dir = Path(bids_dir)
     desc = bids_dir / "dataset_description.json"
@@ -73,9 +116,18 @@ def make_layout(
         raise UsageError(
             f"{bids_dir}: no dataset_description.json; expected the root of a BIDS dataset"
         )
-    check_json_files(bids_dir)
-    ignore: list = [re.compile(rf"^/{d}(/|$)") for d in _IGNORE] if not derivative else []
+    skip = _IGNORE if not derivative else ()
+    ignore: list = [re.compile(rf"^/{d}(/|$)") for d in skip]
     ignore += _subject_ignore(participant_label)
+    bad = check_json_files(bids_dir, skip=skip)
+    if participant_label:
+        bad = {p: r for p, r in bad.items() if _subject_of(bids_dir, p) in participant_label}
+    for path, reason in bad.items():
+        rel = Path(path).relative_to(bids_dir).as_posix()
+        ignore.append(re.compile(rf"^/{re.escape(rel)}$"))
+        logger.warning(
+            "%s: %s; not indexed, the images it describes fail with exit 65", path, reason
+        )
     indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=True)
     config = ["bids", "derivatives"] if derivative else ["bids"]
     try:
@@ -89,7 +141,12 @@ def make_layout(
         )
     except ValueError as err:
         raise UsageError(f"{bids_dir}: cannot index as a BIDS dataset ({err})") from None
+    setattr(layout, _INVALID_ATTR, bad)
     return layout
+
+
+def _subject_of(root: Path, path: str) -> str:
+    return Path(path).relative_to(root).parts[0][len("sub-") :]
 
 
 def select_subjects(
@@ -102,14 +159,22 @@ def select_subjects(
     Raises
     ------
     SelectionError
-        If the labels select nothing (exit 18), naming the labels not found.
+        If a participant label is not in the dataset, or the labels select nothing (exit 18),
+        naming the labels not found and those available.
+    NoInputsError
+        If the dataset has no subject at all (exit 66).
     """
     subjects = sorted(layout.get_subjects())
+    # the layout indexes only the selected subjects: list the others from the folders
+    folders = sorted(p.name[len("sub-") :] for p in Path(layout.root).glob("sub-*") if p.is_dir())
+    if not subjects and not folders:
+        raise NoInputsError(f"{layout.root}: no sub-<label> folder; expected BIDS subjects")
     if participant_label:
         missing = sorted(set(participant_label) - set(subjects))
         if missing:
             raise SelectionError(
-                f"participant label(s) {missing} not found in {layout.root}; available: {subjects}"
+                f"participant label(s) {missing} not found in {layout.root}; available: "
+                f"{sorted(set(folders) | set(subjects))}"
             )
         subjects = [s for s in subjects if s in participant_label]
     units: list[tuple[str, str | None]] = []
@@ -123,6 +188,7 @@ def select_subjects(
     if not units:
         raise SelectionError(
             f"no subject/session selected in {layout.root} by participant label "
-            f"{list(participant_label or [])} and session label {list(session_label or [])}"
+            f"{list(participant_label or [])} and session label {list(session_label or [])}; "
+            f"sessions of the selected subjects: {sorted(layout.get_sessions()) or 'none'}"
         )
     return units

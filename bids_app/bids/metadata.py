@@ -16,11 +16,12 @@ import numpy as np
 
 from bids_app.errors import MetadataError
 from bids_app.models.base import Collection, InputSpec, MetaSpec, Volume
+from bids_app.models.base import sidecar_path as _sidecar
 
 
 def _lookup(meta: Mapping[str, Any], spec: MetaSpec) -> tuple[str, Any]:
     for key in (spec.key, *spec.aliases):
-        if key in meta:
+        if meta.get(key) is not None:  # a key set to null is absent: try the aliases
             return key, meta[key]
     return spec.key, None
 
@@ -63,7 +64,10 @@ def check_value(path: str, spec: MetaSpec, key: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         unit = {"time": "a number in seconds", "angle": "a number in degrees"}
         raise MetadataError(path, key, value, unit.get(spec.kind, "a number"))
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # JSON integers have no size limit
+        raise MetadataError(path, key, value, "a finite number") from None
     lo, hi = spec.valid
     if not math.isfinite(x):
         raise MetadataError(path, key, value, "a finite number")
@@ -154,6 +158,15 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
         params[ms.key] = vals
     order = list(range(len(volumes)))
     if spec.stack_along:
+        for k in spec.stack_along:
+            for i, v in enumerate(params[k]):
+                if v is None:
+                    raise MetadataError(
+                        _sidecar(volumes[i].path),
+                        k,
+                        None,
+                        "the key to be present: it orders the volumes of the collection",
+                    )
         keys = [tuple(params[k][i] for k in spec.stack_along) for i in order]
         seen: dict[tuple, int] = {}
         for i, k in enumerate(keys):
@@ -173,14 +186,6 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
         params={k: tuple(v[i] for i in order) for k, v in params.items()},
         sources=sources,
     )
-
-
-def _sidecar(path: str) -> str:
-    """The JSON sidecar path of an image path (for messages)."""
-    for ext in (".nii.gz", ".nii"):
-        if path.endswith(ext):
-            return path[: -len(ext)] + ".json"
-    return path
 
 
 def check_entity_agreement(coll: Collection, entity: str, key: str, mapping: Mapping) -> None:

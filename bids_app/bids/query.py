@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bids import BIDSLayout
 
+from bids_app.bids.layout import invalid_sidecars
 from bids_app.bids.metadata import build_collection
+from bids_app.errors import MetadataError
 from bids_app.models.base import Collection, QMRIModel, Volume
 
 logger = logging.getLogger(__name__)
@@ -67,12 +70,19 @@ def find_volumes(
 
     ``suffix`` and ``datatype`` are passed to pybids; every other key is matched in Python
     so that ``None`` means "entity absent" and lists mean "any of".
+
+    Raises
+    ------
+    MetadataError
+        If a matching image is described by a sidecar that is not a readable JSON object
+        (see :func:`bids_app.bids.layout.invalid_sidecars`).
     """
     base = {k: query[k] for k in ("suffix", "datatype") if k in query}
     rest = {k: v for k, v in query.items() if k not in base and k != "extension"}
     rest.update(extra or {})
     kw: dict[str, Any] = {"subject": subject, "extension": list(NIFTI), **base}
     files = layout.get(**kw)
+    invalid = invalid_sidecars(layout)
     out = []
     for f in sorted(files, key=lambda f: f.path):
         ent = f.get_entities()
@@ -80,8 +90,42 @@ def find_volumes(
             continue
         if not _matches(ent, rest):
             continue
+        for sidecar, reason in invalid.items():
+            if sidecar_applies(sidecar, f.path):
+                raise MetadataError(sidecar, "JSON", reason, f"a readable JSON object ({f.path})")
         out.append(Volume(f.path, dict(ent), dict(layout.get_metadata(f.path))))
     return out
+
+
+def _name_parts(name: str) -> tuple[set[str], str]:
+    for ext in (".nii.gz", ".nii", ".json"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    *pairs, suffix = name.split("_")
+    return set(pairs), suffix
+
+
+def sidecar_applies(sidecar: str | Path, image: str | Path) -> bool:
+    """Whether a JSON sidecar describes an image under the BIDS inheritance principle.
+
+    It does when it sits in the image's folder or a parent folder, has the same suffix, and
+    its entities are a subset of the image's.
+
+    Examples
+    --------
+    >>> sidecar_applies('/d/sub-01/sub-01_VFA.json', '/d/sub-01/anat/sub-01_flip-1_VFA.nii.gz')
+    True
+    >>> sidecar_applies('/d/sub-01/anat/sub-01_flip-2_VFA.json',
+    ...                 '/d/sub-01/anat/sub-01_flip-1_VFA.nii.gz')
+    False
+    """
+    sidecar, image = Path(sidecar), Path(image)
+    if sidecar.parent not in image.parents:
+        return False
+    side_ents, side_suffix = _name_parts(sidecar.name)
+    image_ents, image_suffix = _name_parts(image.name)
+    return side_suffix == image_suffix and side_ents <= image_ents
 
 
 def _identity(vol: Volume, index_entities: tuple[str, ...]) -> tuple:

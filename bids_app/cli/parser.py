@@ -80,7 +80,34 @@ def _filter_file(value: str) -> dict:
         raise argparse.ArgumentTypeError(
             f"{value}: expected an object mapping input names to entity filters"
         )
+    # a misspelt name would silently filter nothing (pybids' invalid_filters='error' habit)
+    inputs, entities = _filter_names()
+    unknown = sorted(set(data) - set(inputs))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{value}: unknown input name(s) {unknown}; expected some of {sorted(inputs)}"
+        )
+    for name, filters in data.items():
+        bad = sorted(set(filters) - set(entities))
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"{value}: {name}: unknown entity name(s) {bad}; expected pybids entity names "
+                f"such as {sorted(entities)}"
+            )
     return data
+
+
+def _filter_names() -> tuple[set[str], set[str]]:
+    """Input names a filter file may use (models' inputs, structural) and entity names."""
+    from bids.layout.models import Config
+
+    from bids_app.bids.query import STRUCTURAL
+    from bids_app.models import REGISTRY
+
+    inputs = {s.name for m in REGISTRY.values() for s in m.inputs}
+    inputs |= {name.lower() for name in STRUCTURAL}
+    entities = set(Config.load("bids").entities) | set(Config.load("derivatives").entities)
+    return inputs, entities
 
 
 def _positive_int(value: str) -> int:
@@ -239,7 +266,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     Raises
     ------
     UsageError
-        For any usage error (exit 64), including unknown model names.
+        For any usage error (exit 64), including unknown model names and an OUTPUT_DIR or
+        WORK_DIR inside BIDS_DIR (other than BIDS_DIR/derivatives/<name> for OUTPUT_DIR).
     """
     from bids_app.models import model_names
 
@@ -263,4 +291,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             f"OUTPUT_DIR {out} is inside BIDS_DIR {bids}: the input dataset is read only; "
             "use a directory outside it or BIDS_DIR/derivatives/<name>"
         )
+    if ns.work_dir is not None:
+        work = ns.work_dir.expanduser().resolve()
+        if (work == bids or bids in work.parents) and not (work == out or out in work.parents):
+            raise UsageError(
+                f"WORK_DIR {work} is inside BIDS_DIR {bids}: the input dataset is read only; "
+                "use a directory outside it (or inside OUTPUT_DIR)"
+            )
     return ns

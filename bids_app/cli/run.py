@@ -22,14 +22,22 @@ logger = logging.getLogger("bids_app.cli")
 
 
 def _writable_dir(path: Path, what: str) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".msqmri-write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise OutputError(f"{path}: the {what} cannot be created or written ({reason})") from None
+    for attempt in range(3):  # another job may remove an empty shared work dir meanwhile
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".msqmri-write-test-{uuid.uuid4().hex[:8]}"
+            probe.write_text("")
+            probe.unlink()
+            return
+        except FileNotFoundError:
+            if attempt < 2:
+                continue
+            raise OutputError(f"{path}: the {what} disappeared while being created") from None
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise OutputError(
+                f"{path}: the {what} cannot be created or written ({reason})"
+            ) from None
 
 
 def list_models() -> str:

@@ -34,6 +34,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 from bids_app.errors import MetadataError
 from bids_app.models._mt_physics import afi_b1, dam_b1
 from bids_app.models.base import (
+    B1_RANGE,
     Collection,
     InputSpec,
     MetaSpec,
@@ -61,7 +62,6 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 #: Valid relative B1. Transmitter calibration makes B1 ~ 1 on average; whole-head ranges are
 #: about 0.7-1.3 at 3 T and 0.4-1.6 at 7 T. Values outside [0.3, 2] come from noise (low
 #: signal) or background, never from tissue. (DAM fold-over above 90° cannot be flagged.)
-B1_RANGE = (0.3, 2.0)
 #: Default smoothing. B1+ varies over fractions of the RF wavelength in tissue (~26 cm at
 #: 3 T, ~12 cm at 7 T), i.e. over several cm: an 8 mm FWHM Gaussian (σ = 3.4 mm) biases such
 #: a field by < 1 % while it averages the noise of 3-5 mm AFI/DAM voxels and bridges holes.

@@ -22,6 +22,36 @@ import numpy as np
 REGISTRY: dict[str, type[QMRIModel]] = {}
 
 
+#: plausible relative B1+ (actual / nominal flip angle): ~0.7-1.3 at 3 T, ~0.4-1.6 at 7 T
+B1_RANGE = (0.3, 2.0)
+
+
+def valid_b1(b1: np.ndarray | None) -> np.ndarray | None:
+    """Relative B1+ with values outside :data:`B1_RANGE` (or non-finite) set to NaN.
+
+    Parameters
+    ----------
+    b1 : (n,) array_like or None
+
+    Returns
+    -------
+    (n,) float ndarray or None
+        ``None`` stays ``None`` (no B1 map: nominal flip angles).
+    """
+    if b1 is None:
+        return None
+    b1 = np.asarray(b1, dtype=np.float64)
+    return np.where((b1 >= B1_RANGE[0]) & (b1 <= B1_RANGE[1]), b1, np.nan)
+
+
+def sidecar_path(path: str) -> str:
+    """The JSON sidecar path of an image path (``x.nii.gz`` -> ``x.json``), for messages."""
+    for ext in (".nii.gz", ".nii"):
+        if path.endswith(ext):
+            return path[: -len(ext)] + ".json"
+    return path
+
+
 @dataclass(frozen=True)
 class MetaSpec:
     """A sidecar key a model needs, with its kind and plausible range in SI units.
@@ -156,10 +186,11 @@ class Collection:
         if bad.size:
             vol = self.volumes[bad[0]]
             raise MetadataError(
-                vol.path,
+                sidecar_path(vol.path),
                 self.sources.get(key, key),
                 float(vals[bad[0]]),
-                f"the same value as {self.volumes[0].path} ({vals[0]!r}) within one collection",
+                f"the same value as {sidecar_path(self.volumes[0].path)} ({float(vals[0])!r})"
+                " within one collection",
             )
         return float(vals[0])
 
@@ -289,23 +320,29 @@ class QMRIFit:
     def _checked(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         maps, n_out = {}, {}
         for i, spec in enumerate(self.model.outputs):
-            m = self.params[..., i].astype(np.float32)
+            p = np.asarray(self.params[..., i], dtype=np.float64)
+            with np.errstate(over="ignore"):
+                m = p.astype(np.float32)
+            # the range is checked on the float64 value; a finite value beyond float32 (e.g.
+            # 1e300 from a 1e300 signal) would become +-inf in the map, so it is out of range too
+            out = np.isfinite(p) & ~np.isfinite(m)
             if spec.valid_range is not None:
                 lo, hi = spec.valid_range
-                out = np.isfinite(m) & ((m < lo) | (m > hi))
-                n_out[spec.name] = int(out.sum())
-                m[out] = np.nan
-            else:
-                n_out[spec.name] = 0
+                out |= np.isfinite(p) & ((p < lo) | (p > hi))
+            n_out[spec.name] = int(out.sum())
+            m[out] = np.nan
             maps[spec.name] = m
         return maps, n_out
 
     def maps(self) -> dict[str, np.ndarray]:
-        """Output name -> float32 map, NaN outside the valid range."""
+        """Output name -> float32 map, NaN outside the valid range (or beyond float32)."""
         return dict(self._checked[0])
 
     def n_out_of_range(self) -> dict[str, int]:
-        """Output name -> number of finite voxels set to NaN for leaving the valid range."""
+        """Output name -> number of finite voxels set to NaN for leaving the valid range.
+
+        Values too large for float32 count as out of range.
+        """
         return dict(self._checked[1])
 
 

@@ -40,6 +40,8 @@ def _fit_chunk(
         rmse = None
         if pred is not None:
             rmse = np.sqrt(np.mean((pred - signal) ** 2, axis=-1))
+            # an overflowing residual (e.g. a 1e300 signal) is not a fit quality: NaN
+            rmse[~np.isfinite(rmse) | (rmse > np.finfo(np.float32).max)] = np.nan
     return params, rmse
 
 

@@ -41,6 +41,8 @@ from bids_app.models.base import (
     OutputSpec,
     QMRIModel,
     register,
+    sidecar_path,
+    valid_b1,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,8 +72,10 @@ class _RoleError(ValueError):
         super().__init__(f"volume {index}: {key}={value!r}: expected {expected}")
 
     def to_metadata_error(self, coll: Collection) -> MetadataError:
-        """Return the same error naming the file of the volume at fault."""
-        path = coll.volumes[self.index].path if self.index < len(coll.volumes) else None
+        """Return the same error naming the sidecar of the volume at fault."""
+        path = (
+            sidecar_path(coll.volumes[self.index].path) if self.index < len(coll.volumes) else None
+        )
         return MetadataError(path, coll.sources.get(self.key, self.key), self.value, self.expected)
 
 
@@ -333,6 +337,7 @@ class MTsatModel(QMRIModel):
         }
 
     def _fit_voxels(self, signal: np.ndarray, *, b1: np.ndarray | None = None) -> np.ndarray:
+        b1 = valid_b1(b1)
         i_pd, i_t1, i_mt = self.roles
         s_pd, s_t1, s_mt = signal[:, i_pd], signal[:, i_t1], signal[:, i_mt]
         flips = tuple(np.deg2rad(self.flip_angles[i]) for i in self.roles)

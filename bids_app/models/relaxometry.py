@@ -31,6 +31,7 @@ from bids_app.models.base import (
     OutputSpec,
     QMRIModel,
     register,
+    valid_b1,
 )
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class VFAT1Model(QMRIModel):
 
     def _fit_voxels(self, signal: np.ndarray, b1: np.ndarray | None = None) -> np.ndarray:
         solver = _VFA_METHODS[self.options["fit_method"]]
-        r1, m0 = solver(signal, self.flip_angle, self.repetition_time, b1=b1)
+        r1, m0 = solver(signal, self.flip_angle, self.repetition_time, b1=valid_b1(b1))
         with np.errstate(all="ignore"):
             return np.stack((1 / r1, r1, m0), axis=-1)
 

@@ -3,6 +3,12 @@
 Masks come from ``--derivatives`` when present (CONTRACT 2.2), else they are computed
 (:mod:`bids_app.segmentation`). Masks on another grid than the reference are resampled
 through the affines (world coordinates, nearest neighbour).
+
+Bad input is refused with :class:`~bids_app.errors.MetadataError` (exit 65 for the subject):
+an all-zero or all-NaN reference image, an empty brain mask, a provided mask that shares the
+reference voxel grid but not its affine or that falls outside its field of view, lesion mask
+values that are neither binary, integer labels nor probabilities in [0, 1], and a ``_dseg``
+with non-integer values or an unreadable ``.tsv``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_app import io, segmentation
+from bids_app import io, regions, segmentation
 from bids_app.bids.query import find_structural, find_volumes
 from bids_app.errors import MetadataError
 from bids_app.stages.context import Grid, SubjectContext
@@ -38,6 +44,10 @@ DSEG_NAMES = {
     "ms lesion": 4,
 }
 ORIG_SPACES = (None, "orig")
+_NEEDS_CONTRAST = (
+    "a structural image with brain contrast, or brain mask / tissue derivatives given with "
+    "--derivatives"
+)
 
 
 def choose_reference(ctx: SubjectContext) -> None:
@@ -48,7 +58,8 @@ def choose_reference(ctx: SubjectContext) -> None:
         if name in ctx.structural:
             vol = ctx.structural[name]
             img = io.load_image(vol.path)
-            io.read_data(img, vol.path)  # a 4-D or corrupt reference fails here, clearly
+            # a 4-D, corrupt or empty reference fails here, clearly
+            io.require_signal(io.read_data(img, vol.path), vol.path)
             ctx.reference_name, ctx.reference_path = name, vol.path
             ctx.grid = Grid(tuple(img.shape[:3]), img.affine)
             logger.info("%s: reference image %s", ctx.label, Path(vol.path).name)
@@ -60,12 +71,91 @@ def choose_reference(ctx: SubjectContext) -> None:
 
 
 def _load_on_grid(path: str, grid: Grid) -> np.ndarray:
+    """A structural image (not a mask) on ``grid`` through the affines (nearest neighbour)."""
     img = io.load_image(path)
     data = io.read_data(img, path)
+    io.require_signal(data, path)
     if not io.same_grid(data.shape, img.affine, grid.shape, grid.affine):
         logger.info("resampling %s to the reference grid (nearest neighbour)", Path(path).name)
         data = io.resample(data, img.affine, grid.shape, grid.affine, order=0)
     return data
+
+
+def _read_mask(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A derivative mask, label or probability image and its affine (checked, 3-D)."""
+    img = io.load_image(path)
+    return io.read_data(img, path), img.affine
+
+
+def _provided_on_grid(path: str, ctx: SubjectContext) -> np.ndarray:
+    """A provided mask, label or probability image on the reference grid."""
+    return _mask_on_grid(path, *_read_mask(path), ctx)
+
+
+def _mask_on_grid(
+    path: str, data: np.ndarray, affine: np.ndarray, ctx: SubjectContext
+) -> np.ndarray:
+    """Put a provided mask (``space-orig`` or no ``space``) on the reference grid.
+
+    A mask on another grid is resampled through the affines (nearest neighbour). A mask with
+    the voxel grid of the reference but another affine is refused: it is either voxel-aligned
+    with a wrong header or in another space, and either way its regions would land in the
+    wrong place. So is a mask whose non-zero voxels all fall outside the reference field of
+    view.
+
+    Raises
+    ------
+    MetadataError
+        For the two cases above (exit 65).
+    """
+    grid = ctx.grid
+    if io.same_grid(data.shape, affine, grid.shape, grid.affine):
+        return data
+    ref = Path(ctx.reference_path).name
+    if tuple(data.shape) == tuple(grid.shape):
+        raise MetadataError(
+            path,
+            "affine",
+            np.round(affine, 4).tolist(),
+            f"the affine of the reference image {ref} ({np.round(grid.affine, 4).tolist()}), "
+            "as the mask has its voxel grid; fix the mask header",
+        )
+    logger.info("resampling %s to the reference grid (nearest neighbour)", Path(path).name)
+    out = io.resample(data, affine, grid.shape, grid.affine, order=0)
+    nonzero = np.isfinite(data) & (data != 0)
+    if nonzero.any() and not np.any(np.isfinite(out) & (out != 0)):
+        raise MetadataError(
+            path,
+            "affine",
+            np.round(affine, 4).tolist(),
+            f"a mask in the space of the reference image {ref}: none of its non-zero voxels "
+            "falls inside the reference field of view",
+        )
+    return out
+
+
+def _binary_lesion_mask(path: str, data: np.ndarray) -> np.ndarray:
+    """A provided lesion mask as 0/1 float32 (:func:`bids_app.regions.as_binary_mask` rules).
+
+    Binary or integer-valued (multi-label) masks: non-zero is lesion; probabilistic masks
+    (values in [0, 1], some not integers): lesion where p >= 0.5; NaN is not lesion.
+
+    Raises
+    ------
+    MetadataError
+        Non-integer values outside [0, 1] (exit 65).
+    """
+    try:
+        return regions.as_binary_mask(data, name=path).astype(np.float32)
+    except ValueError:
+        finite = data[np.isfinite(data)]
+        raise MetadataError(
+            path,
+            "values",
+            f"{finite.min():g}..{finite.max():g}",
+            "a binary or integer-label lesion mask (non-zero = lesion) or a probabilistic "
+            "one in [0, 1] (lesion where p >= 0.5)",
+        ) from None
 
 
 def _derivative_files(ctx: SubjectContext, query: dict) -> list:
@@ -89,29 +179,51 @@ def _dseg_codes(path: str) -> dict[int, int]:
             "missing",
             "a _dseg.tsv with 'index' and 'name' columns beside the dseg",
         )
-    table = pd.read_csv(tsv, sep="\t")
+    try:
+        table = pd.read_csv(tsv, sep="\t")
+    except (ValueError, UnicodeDecodeError) as err:  # pandas ParserError is a ValueError
+        raise MetadataError(str(tsv), "file", type(err).__name__, f"a TSV table ({err})") from None
     if not {"index", "name"} <= set(table.columns):
         raise MetadataError(str(tsv), "columns", list(table.columns), "'index' and 'name'")
+    index = pd.to_numeric(table["index"], errors="coerce")
+    if index.isna().any() or not (index == index.round()).all():
+        raise MetadataError(str(tsv), "index", table["index"].tolist(), "integer labels")
     return {
         int(i): DSEG_NAMES[str(n).strip().lower()]
-        for i, n in zip(table["index"], table["name"], strict=True)
+        for i, n in zip(index, table["name"], strict=True)
         if str(n).strip().lower() in DSEG_NAMES
     }
 
 
 def find_masks(ctx: SubjectContext) -> None:
-    """Brain mask, tissue classes and lesion mask on the reference grid (provided first)."""
+    """Brain mask, tissue classes and lesion mask on the reference grid (provided first).
+
+    A provided lesion mask may be binary, integer multi-label (non-zero is lesion) or
+    probabilistic in [0, 1] (lesion where p >= 0.5); it is stored binary (0/1 float32).
+
+    Raises
+    ------
+    MetadataError
+        Bad reference image or provided mask (see the module docstring), exit 65.
+    """
     grid = ctx.grid
     ref_data = io.read_data(io.load_image(ctx.reference_path), ctx.reference_path)
 
     brain = _derivative_files(ctx, {"suffix": "mask", "desc": "brain"})
     if brain:
         name, vol = brain[0]
-        ctx.brain_mask = _load_on_grid(vol.path, grid) > 0.5
+        ctx.brain_mask = _provided_on_grid(vol.path, ctx) > 0.5
         ctx.brain_mask_source = f"provided: bids:{name}:{Path(vol.path).name}"
+        where = vol.path
     else:
-        ctx.brain_mask, method = segmentation.brain_mask(ref_data, zooms=grid.zooms)
+        try:
+            ctx.brain_mask, method = segmentation.brain_mask(ref_data, zooms=grid.zooms)
+        except ValueError as err:
+            raise MetadataError(ctx.reference_path, "data", str(err), _NEEDS_CONTRAST) from None
         ctx.brain_mask_source = f"computed on {Path(ctx.reference_path).name}: {method}"
+        where = ctx.reference_path
+    if not ctx.brain_mask.any():
+        raise MetadataError(where, "brain mask", "0 voxels", _NEEDS_CONTRAST)
 
     lesion = _derivative_files(
         ctx, {"suffix": "mask", "label": ["lesion", "WMH"]}
@@ -119,11 +231,19 @@ def find_masks(ctx: SubjectContext) -> None:
     dsegs = _derivative_files(ctx, {"suffix": "dseg"})
     if lesion:
         name, vol = lesion[0]
-        ctx.lesion_mask = _load_on_grid(vol.path, grid)
+        data, affine = _read_mask(vol.path)
+        binary = _binary_lesion_mask(vol.path, data)
+        ctx.lesion_mask = _mask_on_grid(vol.path, binary, affine, ctx)
         ctx.lesion_source = f"provided: bids:{name}:{Path(vol.path).name}"
     for name, vol in dsegs:
         codes = _dseg_codes(vol.path)
-        labels = _load_on_grid(vol.path, grid).astype(np.int32)
+        data, affine = _read_mask(vol.path)
+        finite = data[np.isfinite(data)]
+        if not np.all(finite == np.round(finite)):
+            raise MetadataError(
+                vol.path, "values", "non-integer", "integer labels listed in the _dseg.tsv"
+            )
+        labels = np.nan_to_num(_mask_on_grid(vol.path, data, affine, ctx)).astype(np.int32)
         tissue = np.zeros(grid.shape, np.uint8)
         for idx, code in codes.items():
             tissue[labels == idx] = code
@@ -141,7 +261,8 @@ def find_masks(ctx: SubjectContext) -> None:
         }
         if all(probs.values()):
             stack = np.stack(
-                [_load_on_grid(probs[k][0][1].path, grid) for k in ("GM", "WM", "CSF")], axis=-1
+                [_provided_on_grid(probs[k][0][1].path, ctx) for k in ("GM", "WM", "CSF")],
+                axis=-1,
             )
             tissue = (np.argmax(stack, axis=-1) + 1).astype(np.uint8)
             tissue[stack.max(axis=-1) < 0.5] = 0
@@ -161,8 +282,11 @@ def find_masks(ctx: SubjectContext) -> None:
         seg_path = ctx.structural[seg_name].path
         seg_img = _load_on_grid(seg_path, grid) if seg_path != ctx.reference_path else ref_data
         exclude = ctx.lesion_mask > 0.5 if ctx.lesion_mask is not None else None
-        ctx.tissue, method = segmentation.segment_tissue(
-            seg_img, ctx.brain_mask, contrast=seg_name, exclude=exclude
-        )
+        try:
+            ctx.tissue, method = segmentation.segment_tissue(
+                seg_img, ctx.brain_mask, contrast=seg_name, exclude=exclude
+            )
+        except ValueError as err:
+            raise MetadataError(seg_path, "data", str(err), _NEEDS_CONTRAST) from None
         ctx.tissue_source = f"computed on {Path(seg_path).name}: {method}"
     ctx.tissue = np.where(ctx.brain_mask, ctx.tissue, 0).astype(np.uint8)

@@ -11,6 +11,7 @@ import numpy as np
 from bids_app import __version__, io
 from bids_app.bids.derivatives import bids_uri, naming_entities, write_image
 from bids_app.bids.query import ModelRun
+from bids_app.errors import MetadataError
 from bids_app.models.base import QMRIModel
 from bids_app.stages.context import Grid, MapRecord, SubjectContext
 
@@ -60,6 +61,13 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> tuple[dict[str, np.ndarray], 
     data, affine = io.load_volumes(paths)
     grid = Grid(tuple(data.shape[:3]), affine)
     mask = _mask_on(ctx, grid, data[..., 0])
+    if not mask.any():
+        raise MetadataError(
+            paths[0],
+            "affine",
+            np.round(affine, 3).tolist(),
+            f"an image overlapping the brain mask of the reference image {ctx.reference_path}",
+        )
     model = model.prepare(data, mask, path=paths[0])
 
     covariates, b1_info = {}, {"Policy": cfg.b1_policy, "Applied": False}

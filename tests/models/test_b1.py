@@ -20,7 +20,7 @@ from bids_app.models.b1 import (
     scale_from_units,
     smooth_fill_b1,
 )
-from bids_app.models.base import Collection, Volume
+from bids_app.models.base import Collection, Volume, sidecar_path
 from tests.models import mt_forward as fw
 
 BIDS_EXAMPLES = Path("/work/shared/bids-examples")
@@ -85,14 +85,14 @@ def test_afi_rejects_bad_metadata():
     same_tr = [{"FlipAngle": 60.0, "RepetitionTimeExcitation": 0.02}] * 2
     with pytest.raises(MetadataError) as err:
         B1Model.from_collections({"tb1afi": collection("TB1AFI", same_tr, paths)})
-    assert (err.value.key, err.value.path) == ("RepetitionTimeExcitation", paths[1])
+    assert (err.value.key, err.value.path) == ("RepetitionTimeExcitation", sidecar_path(paths[1]))
     flips = [
         {"FlipAngle": 60.0, "RepetitionTimeExcitation": 0.02},
         {"FlipAngle": 50.0, "RepetitionTimeExcitation": 0.1},
     ]
     with pytest.raises(MetadataError) as err:
         B1Model.from_collections({"tb1afi": collection("TB1AFI", flips, paths)})
-    assert (err.value.key, err.value.path) == ("FlipAngle", paths[1])
+    assert (err.value.key, err.value.path) == ("FlipAngle", sidecar_path(paths[1]))
 
 
 def test_afi_edge_cases():
@@ -121,8 +121,8 @@ def test_dam_rejects_flips_not_doubled():
     coll = collection("TB1DAM", [{"FlipAngle": 60.0}, {"FlipAngle": 100.0}], paths)
     with pytest.raises(MetadataError) as err:
         B1Model.from_collections({"tb1dam": coll})
-    assert (err.value.key, err.value.path) == ("FlipAngle", paths[1])
-    assert paths[1] in str(err.value)
+    assert (err.value.key, err.value.path) == ("FlipAngle", sidecar_path(paths[1]))
+    assert sidecar_path(paths[1]) in str(err.value)
 
 
 def test_dam_edge_cases():

@@ -22,7 +22,7 @@ from bids_app.models._mt_physics import (
     r1_a_small_angle,
     weiskopf2013_correction,
 )
-from bids_app.models.base import Collection, Volume
+from bids_app.models.base import Collection, Volume, sidecar_path
 from bids_app.models.mt import MTRModel, MTsatModel
 from tests.models import mt_forward as fw
 
@@ -113,7 +113,7 @@ def test_mtr_from_collections_rejects(states):
     with pytest.raises(MetadataError) as err:
         MTRModel.from_collections({"mtr": coll})
     assert err.value.key == "MTState"
-    assert err.value.path == coll.volumes[1].path
+    assert err.value.path == sidecar_path(coll.volumes[1].path)
 
 
 # -------------------------------------------------------------------------------- MTsat
@@ -322,8 +322,8 @@ def test_mtsat_from_collections_rejects(change, key, bad):
     with pytest.raises(MetadataError) as err:
         MTsatModel.from_collections({"mts": bad_coll})
     assert err.value.key == key
-    assert err.value.path == coll.paths[bad]
-    assert coll.paths[bad] in str(err.value)
+    assert err.value.path == sidecar_path(coll.paths[bad])
+    assert sidecar_path(coll.paths[bad]) in str(err.value)
 
 
 def test_mtsat_with_real_qmri_mtsat_sidecars():
