@@ -26,9 +26,9 @@ except ImportError:  # pragma: no cover - not POSIX: stale staging folders are l
 
 from bids_app.bids.derivatives import build_name, init_output
 from bids_app.bids.layout import make_layout, select_subjects
-from bids_app.bids.query import resolve_model
+from bids_app.bids.query import STRUCTURAL, find_volumes, resolve_model
 from bids_app.config import RunConfig
-from bids_app.errors import MsqmriError, NoInputsError, OutputError
+from bids_app.errors import MsqmriError, NoInputsError, OutputError, SelectionError
 from bids_app.models import REGISTRY
 from bids_app.stages import anatomy, maps, tables
 from bids_app.stages.context import SubjectContext
@@ -230,6 +230,34 @@ def run_subject(
     return "ok"
 
 
+def _input_queries() -> dict[str, dict]:
+    """Input name -> BIDS query, for every model input and structural image."""
+    queries = {name.lower(): dict(q) for name, q in STRUCTURAL.items()}
+    for model in REGISTRY.values():
+        queries.update({spec.name: dict(spec.query) for spec in model.inputs})
+    return queries
+
+
+def check_filters(cfg: RunConfig, layout, units) -> None:
+    """Refuse ``--bids-filter-file`` entries that select no file of any selected unit.
+
+    Raises
+    ------
+    SelectionError
+        Naming the filter that matched nothing (exit 18).
+    """
+    queries = _input_queries()
+    for name, extra in cfg.bids_filters.items():
+        query = queries.get(name)
+        if query is None:
+            continue  # the parser already refused unknown names
+        if not any(find_volumes(layout, sub, ses, query, extra) for sub, ses in units):
+            raise SelectionError(
+                f"--bids-filter-file: {name}={dict(extra)} selects no file of the selected "
+                "subject(s)/session(s)"
+            )
+
+
 def run_participants(cfg: RunConfig) -> int:
     """Run every selected subject/session; return the highest exit code among them.
 
@@ -243,6 +271,7 @@ def run_participants(cfg: RunConfig) -> int:
     """
     layout = make_layout(cfg.bids_dir, participant_label=cfg.participant_label)
     units = select_subjects(layout, cfg.participant_label, cfg.session_label)
+    check_filters(cfg, layout, units)
     deriv = {name: make_layout(path, derivative=True) for name, path in cfg.derivatives.items()}
     init_output(cfg.output_dir, cfg.bids_dir)
     remove_stale_stages(cfg.output_dir)

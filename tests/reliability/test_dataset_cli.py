@@ -219,3 +219,19 @@ def test_failed_rerun_keeps_previous_outputs(dataset, msqmri, edit_json, clean_r
     assert res.code == 65
     res.one_error("sub-01_flip-1_VFA.json", "RepetitionTimeExcitation=15")
     assert digest(out / "sub-01") == before
+
+
+def test_filter_selecting_nothing_exit_18(dataset, msqmri, tmp_path):
+    """A well-formed filter that matches no file is a selection error, not a silent skip."""
+    spec = _write(tmp_path / "filter.json", json.dumps({"vfa": {"acquisition": "sagittal"}}))
+    res = msqmri(dataset, "--bids-filter-file", str(spec))
+    assert res.code == 18
+    res.one_error("vfa", "selects no file")
+    assert not list(res.out.glob("sub-*"))
+
+
+def test_filter_selecting_files_runs(dataset, msqmri, tmp_path):
+    spec = _write(tmp_path / "filter.json", json.dumps({"flair": {"subject": "01"}}))
+    res = msqmri(dataset, "--bids-filter-file", str(spec))
+    assert res.code == 0
+    assert (res.out / "sub-01" / "anat" / "sub-01_T1map.nii.gz").is_file()
