@@ -15,7 +15,9 @@ def tree_digest(root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
         h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
+        if p.is_symlink():
+            h.update(str(p.readlink()).encode())
+        elif p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
 

@@ -1,22 +1,11 @@
 """Command line: exit codes of CONTRACT section 5, labels, aliases, --models list."""
 
-import hashlib
-from pathlib import Path
-
 import pytest
 
 from bids_app.cli.parser import normalise_argv, parse_args
 from bids_app.cli.run import main
 from tests.bids_builder import vfa_spec, write_dataset
-
-
-def tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
+from tests.conftest import tree_digest
 
 
 @pytest.fixture
@@ -86,7 +75,7 @@ def test_derivatives_inside_bids_allowed(vfa_ds):
 
 
 def test_unknown_label_exit_18(vfa_ds, tmp_path):
-    before = tree_hash(vfa_ds)
+    before = tree_digest(vfa_ds)
     assert (
         main(
             [
@@ -100,7 +89,7 @@ def test_unknown_label_exit_18(vfa_ds, tmp_path):
         )
         == 18
     )
-    assert tree_hash(vfa_ds) == before
+    assert tree_digest(vfa_ds) == before
 
 
 def test_no_qmri_inputs_exit_66(tmp_path):
@@ -132,12 +121,12 @@ def test_metadata_errors_exit_65_name_file_and_key(tmp_path, caplog, overrides, 
     stem = "anat/sub-01_flip-1_VFA"
     spec[stem] = ({**spec[stem][0], **overrides}, None)
     ds = write_dataset(tmp_path / "bids", {"sub-01": spec})
-    before = tree_hash(ds)
+    before = tree_digest(ds)
     assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 65
     text = caplog.text
     assert "sub-01_flip-1_VFA.json" in text
     assert key in text
-    assert tree_hash(ds) == before
+    assert tree_digest(ds) == before
 
 
 def test_echo_time_in_ms_exit_65(tmp_path, caplog):

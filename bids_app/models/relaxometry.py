@@ -166,6 +166,18 @@ class VFAT1Model(QMRIModel):
         )
 
 
+def _echo_input(name: str, suffix: str, te_range: tuple[float, float], **entities) -> InputSpec:
+    """A multi-echo collection ordered by ``EchoTime`` (s), at least two echoes."""
+    return InputSpec(
+        name,
+        {"datatype": "anat", "suffix": suffix, "extension": _NII, **entities},
+        metadata=(MetaSpec("EchoTime", "time", te_range),),
+        stack_along=("EchoTime",),
+        index_entities=("echo",),
+        n_volumes=(2, 0),
+    )
+
+
 class _MonoExpModel(QMRIModel):
     """Shared mono-exponential echo-decay model; subclasses set specs and the input name."""
 
@@ -234,17 +246,8 @@ class MEGRER2starModel(_MonoExpModel):
         "Veraart J et al. NeuroImage 2013;81:335-346 (weighted log-linear fit); "
         "Weiskopf N et al. Front Neurosci 2014;8:278 (ESTATICS)"
     )
-    inputs = (
-        InputSpec(
-            "megre",
-            # magnitude only: the integrator keeps part-mag volumes or ones without `part`
-            {"datatype": "anat", "suffix": "MEGRE", "extension": _NII},
-            metadata=(MetaSpec("EchoTime", "time", (1e-4, 0.2)),),
-            stack_along=("EchoTime",),
-            index_entities=("echo",),
-            n_volumes=(2, 0),
-        ),
-    )
+    # magnitude only: volumes with ``part-mag`` or without a ``part`` entity
+    inputs = (_echo_input("megre", "MEGRE", (1e-4, 0.2), part=["mag", None]),)
     outputs = (
         OutputSpec("R2star", "R2starmap", "1/s", valid_range=(0.5, 1000)),
         OutputSpec("T2star", "T2starmap", "s", valid_range=(0.001, 2)),
@@ -274,16 +277,7 @@ class MESET2Model(_MonoExpModel):
         "Veraart J et al. NeuroImage 2013;81:335-346 (weighted log-linear fit); "
         "Milford D et al. PLoS One 2015;10:e0145255 (mono-exponential MESE T2, first echo)"
     )
-    inputs = (
-        InputSpec(
-            "mese",
-            {"datatype": "anat", "suffix": "MESE", "extension": _NII},
-            metadata=(MetaSpec("EchoTime", "time", (1e-3, 1.0)),),
-            stack_along=("EchoTime",),
-            index_entities=("echo",),
-            n_volumes=(2, 0),
-        ),
-    )
+    inputs = (_echo_input("mese", "MESE", (1e-3, 1.0)),)
     outputs = (
         OutputSpec("T2", "T2map", "s", valid_range=(0.005, 5)),
         OutputSpec("R2", "R2map", "1/s", valid_range=(0.2, 200)),

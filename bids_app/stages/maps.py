@@ -47,7 +47,7 @@ def _choose_b1(ctx: SubjectContext, run: ModelRun) -> dict[str, Any] | None:
             ctx.label,
             len(ctx.b1),
             sorted(names),
-            b1["path"].name,
+            ctx.b1[0]["path"].name,
         )
     return ctx.b1[0]
 

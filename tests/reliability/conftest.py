@@ -9,7 +9,6 @@ model unless a test asks for more) and returns the exit code with what went to s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from bids_app.cli.run import main
+from tests.conftest import tree_digest
 
 
 @dataclass
@@ -121,16 +121,6 @@ def _edit_nifti(path: Path, change: Callable[[np.ndarray], np.ndarray], affine=N
 def edit_nifti() -> Callable[..., None]:
     """``edit_nifti(path, change, affine=None)`` rewrites an image with ``change(data)``."""
     return _edit_nifti
-
-
-def tree_digest(root: Path) -> str:
-    """SHA-256 over the relative paths and bytes of every file below ``root``."""
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file() and not p.is_symlink():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture
