@@ -3,11 +3,9 @@
 Everything here works on ``(n_vox, n_meas)`` arrays, vectorised over voxels (no Python loop
 over voxels). Times are in seconds, flip angles in degrees at the interface (radians
 inside). A voxel with any zero, negative or non-finite signal value gets NaN parameters (no
-exception, no warning). Two generic pieces carry the numerics:
-
-* :func:`line_fit`, a closed-form (weighted) least-squares straight line per row;
-* :func:`levenberg_marquardt_2p`, a Levenberg-Marquardt solver for two-parameter signal
-  models, iterating all voxels together with a per-voxel damping factor.
+exception, no warning). The numerics (:func:`~bids_app.models._solvers.line_fit`,
+:func:`~bids_app.models._solvers.levenberg_marquardt_2p`) live in
+:mod:`bids_app.models._solvers`.
 
 The public functions are re-exported by :mod:`bids_app.models.relaxometry`, whose model
 classes choose between them.
@@ -15,158 +13,9 @@ classes choose between them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-#: ``model(params (k, 2), rows (k,), jac) -> pred (k, m)`` or ``(pred, jac (k, m, 2))``
-ModelFunction = Callable[[np.ndarray, np.ndarray, bool], "np.ndarray | tuple"]
-
-
-def positive_rows(signal: np.ndarray) -> np.ndarray:
-    """Rows whose every value is finite and strictly positive.
-
-    Parameters
-    ----------
-    signal : (n, m) ndarray
-
-    Returns
-    -------
-    (n,) ndarray of bool
-    """
-    with np.errstate(invalid="ignore"):
-        return np.all(np.isfinite(signal) & (signal > 0), axis=-1)
-
-
-def line_fit(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares line ``y = slope * x + intercept`` for every row, in closed form.
-
-    Parameters
-    ----------
-    x : (m,) or (n, m) ndarray
-        Abscissae, shared by all rows or one set per row.
-    y : (n, m) ndarray
-        Ordinates.
-    w : (n, m) ndarray, optional
-        Non-negative weights (default 1); the weighted sum of squared residuals is minimised.
-
-    Returns
-    -------
-    slope, intercept : (n,) ndarray
-        NaN where the abscissae of a row (with non-zero weight) do not vary.
-
-    Notes
-    -----
-    Uses the centred normal equations (weighted means subtracted first), which are better
-    conditioned than the raw sums when ``x`` has a large offset.
-
-    Examples
-    --------
-    >>> s, i = line_fit(np.array([0.0, 1.0, 2.0]), np.array([[1.0, 3.0, 5.0]]))
-    >>> float(s[0]), float(i[0])
-    (2.0, 1.0)
-    """
-    x = np.broadcast_to(np.asarray(x, dtype=float), np.shape(y))
-    y = np.asarray(y, dtype=float)
-    w = np.ones_like(y) if w is None else np.asarray(w, dtype=float)
-    with np.errstate(all="ignore"):
-        sw = w.sum(axis=-1, keepdims=True)
-        xm = (w * x).sum(axis=-1, keepdims=True) / sw
-        ym = (w * y).sum(axis=-1, keepdims=True) / sw
-        dx = x - xm
-        sxx = (w * dx * dx).sum(axis=-1)
-        slope = (w * dx * (y - ym)).sum(axis=-1) / sxx
-        slope = np.where(sxx > 0, slope, np.nan)
-        intercept = ym[..., 0] - slope * xm[..., 0]
-    return slope, intercept
-
-
-def levenberg_marquardt_2p(
-    model: ModelFunction,
-    p0: np.ndarray,
-    y: np.ndarray,
-    *,
-    n_iter: int = 200,
-    xtol: float = 1e-10,
-    ftol: float = 1e-14,
-    lam0: float = 1e-3,
-) -> np.ndarray:
-    """Least-squares fit of a two-parameter model to many rows at once (Levenberg-Marquardt).
-
-    Every row (voxel) has its own damping factor λ. A step solves
-    ``(JᵀJ + λ diag(JᵀJ)) δ = Jᵀr`` (Marquardt's scaling, so the parameters may have very
-    different units) by Cramer's rule; it is accepted, and λ divided by 10, when the sum of
-    squared residuals does not increase, otherwise λ is multiplied by 10. A row stops when an
-    accepted step changes every parameter by less than ``xtol`` relative, or the cost by less
-    than ``ftol`` relative, or λ exceeds 1e12 (no descent step left); all rows stop after
-    ``n_iter`` iterations. The cost never increases, so a row that has not converged keeps
-    its best parameters so far.
-
-    Parameters
-    ----------
-    model : callable
-        ``model(p, rows, jac)`` with ``p`` of shape (k, 2), ``rows`` the (k,) indices of
-        those rows in ``y`` (for per-row constants such as B1) and ``jac`` a bool; returns
-        the prediction (k, m), or ``(prediction, jacobian)`` with the Jacobian (k, m, 2)
-        when ``jac`` is true.
-    p0 : (n, 2) ndarray
-        Starting parameters; rows with a non-finite start are not fitted (NaN returned).
-    y : (n, m) ndarray
-        Data.
-    n_iter : int
-        Maximum number of iterations.
-    xtol, ftol : float
-        Relative step and relative cost-decrease tolerances.
-    lam0 : float
-        Initial damping.
-
-    Returns
-    -------
-    (n, 2) ndarray
-        Fitted parameters.
-
-    References
-    ----------
-    .. [1] Levenberg K. A method for the solution of certain non-linear problems in least
-       squares. Q Appl Math 1944;2:164-168.
-    .. [2] Marquardt DW. An algorithm for least-squares estimation of nonlinear parameters.
-       J Soc Ind Appl Math 1963;11:431-441.
-    """
-    y = np.asarray(y, dtype=float)
-    p = np.array(p0, dtype=float, copy=True)
-    active = np.all(np.isfinite(p), axis=-1)
-    p[~active] = np.nan
-    lam = np.full(p.shape[0], float(lam0))
-    with np.errstate(all="ignore"):
-        for _ in range(int(n_iter)):
-            rows = np.flatnonzero(active)
-            if rows.size == 0:
-                break
-            pa = p[rows]
-            pred, jac = model(pa, rows, True)
-            r = y[rows] - pred
-            cost = np.sum(r * r, axis=-1)
-            a11 = np.sum(jac[..., 0] ** 2, axis=-1)
-            a22 = np.sum(jac[..., 1] ** 2, axis=-1)
-            a12 = np.sum(jac[..., 0] * jac[..., 1], axis=-1)
-            g1 = np.sum(jac[..., 0] * r, axis=-1)
-            g2 = np.sum(jac[..., 1] * r, axis=-1)
-            d11, d22 = a11 * (1 + lam[rows]), a22 * (1 + lam[rows])
-            det = d11 * d22 - a12 * a12
-            step = np.stack(((d22 * g1 - a12 * g2) / det, (d11 * g2 - a12 * g1) / det), -1)
-            trial = pa + step
-            r_trial = y[rows] - model(trial, rows, False)
-            cost_trial = np.sum(r_trial * r_trial, axis=-1)
-            ok = np.isfinite(cost_trial) & np.all(np.isfinite(trial), -1) & (cost_trial <= cost)
-            p[rows[ok]] = trial[ok]
-            lam[rows] = np.where(ok, np.maximum(lam[rows] / 10, 1e-15), lam[rows] * 10)
-            small_step = np.all(np.abs(step) <= xtol * np.abs(pa), axis=-1)
-            small_gain = (cost - cost_trial) <= ftol * cost
-            done = (ok & (small_step | small_gain)) | (lam[rows] > 1e12) | ~np.isfinite(cost)
-            active[rows[done]] = False
-    return p
+from bids_app.models._solvers import levenberg_marquardt_2p, line_fit, positive_rows
 
 
 def _actual_flip(flip_angle: np.ndarray, n: int, b1: np.ndarray | None) -> np.ndarray:
@@ -303,7 +152,7 @@ def despot1_nonlinear(
     """R1 and M0 by non-linear least squares on the SPGR equation, all voxels at once.
 
     Minimises ``Σ (S − spgr_signal(M0, R1))²`` over (M0, R1) with
-    :func:`~bids_app.models._relax_solvers.levenberg_marquardt_2p`, starting from
+    :func:`~bids_app.models._solvers.levenberg_marquardt_2p`, starting from
     :func:`despot1_linear` (or ``init``); a voxel whose start is unusable (NaN or R1 ≤ 0)
     starts at R1 = 1 /s with M0 from a linear projection.
 
