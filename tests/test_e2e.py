@@ -141,3 +141,40 @@ def test_sidecar_traceability(small_run):
     assert all(s.startswith("bids:raw:sub-01/anat/sub-01_flip-") for s in side["Sources"])
     assert side["ModelOptions"] == {"fit_method": "linear"}
     assert "NumberOfOutOfRangeVoxels" in side
+
+
+def test_ignoring_b1_biases_t1_by_b1_squared(small_bids, tmp_path):
+    """``--b1 none`` on data with a true B1 field: T1 comes out ~B1^2 T1 (small-angle SPGR:
+    the apparent R1 scales by 1/B1^2), voxel by voxel, while ``auto`` has no such trend."""
+    from bids_app.cli.run import main
+
+    out = tmp_path / "out"
+    argv = [
+        str(small_bids),
+        str(out),
+        "participant",
+        "--participant-label",
+        "02",
+        "--models",
+        "vfa_t1",
+        "--skip-bids-validation",
+        "--no-reports",
+        "--b1",
+        "none",
+    ]
+    assert main(argv) == 0
+    truth_dir = small_bids / "derivatives" / "truth" / "sub-02" / "anat"
+    wm = _load(truth_dir / "sub-02_dseg.nii.gz") == WM
+    b1 = _load(truth_dir / "sub-02_TB1map.nii.gz")
+    t1 = _load(truth_dir / "sub-02_T1map.nii.gz")
+    fit = _load(out / "sub-02" / "anat" / "sub-02_space-FLAIR_T1map.nii.gz")
+    sel = wm & np.isfinite(fit)
+    ratio = fit[sel] / t1[sel]
+    assert np.ptp(b1[sel]) > 0.15  # the synthetic field spans a useful range
+    # the small-angle prediction B1^2 holds to a few percent for 3-18 deg at TR 15 ms
+    assert np.median(np.abs(ratio / b1[sel] ** 2 - 1)) < 0.03
+    low = b1[sel] < np.percentile(b1[sel], 10)
+    assert np.median(ratio[low]) < np.median(ratio[~low]) - 0.05
+    side = (out / "sub-02" / "anat" / "sub-02_T1map.json").read_text()
+    assert '"Applied": false' in side
+    assert "--b1 none" in side
