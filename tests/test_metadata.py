@@ -119,3 +119,27 @@ def test_real_sidecars_of_bids_examples():
     assert [v.entities["mt"] for v in coll.volumes] == ["off", "off", "on"]
     meta = json.loads((EXAMPLES / "qmri_mtsat" / "MTS.json").read_text())
     assert meta["PulseSequenceType"] == "SPGR"
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/bids-examples not present")
+@pytest.mark.parametrize(
+    ("dataset", "model", "n_volumes"),
+    [
+        ("qmri_vfa", "vfa_t1", 2),
+        ("qmri_vfa", "b1", 2),  # TB1AFI: two TRs told apart by acq-tr1/acq-tr2
+        ("qmri_mtsat", "b1", 2),  # TB1DAM: 60/120 deg
+        ("qmri_megre", "megre_r2star", 8),
+        ("qmri_mese", "mese_t2", 32),
+    ],
+)
+def test_official_qmri_examples_resolve(dataset, model, n_volumes):
+    """The real sidecars of the BIDS qMRI examples pass the resolver and build the model."""
+    from bids_app.bids.layout import make_layout
+    from bids_app.bids.query import resolve_model
+    from bids_app.models import get_model
+
+    (run,) = resolve_model(make_layout(EXAMPLES / dataset), get_model(model), "01", None)
+    (name,) = run.stacked
+    assert len(run.collections[name].volumes) == n_volumes
+    built = run.model.from_collections(run.collections)
+    assert built.acquisition
