@@ -7,12 +7,15 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from bids_app.bids.derivatives import build_name, subject_dir
 from bids_app.io import save_text
 from bids_app.reports.figures import mosaic, svg_figure
+from bids_app.reports.plots import dot_plot
+
+#: regions plotted in the group report
+PLOT_REGIONS = ("lesion", "NAWM", "NAGM")
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +69,37 @@ def participant_report(ctx) -> Path:
     return path
 
 
+def _region_plots(regions: pd.DataFrame) -> list[str]:
+    """One dot plot per map: lesion, NAWM, NAGM subject means by group."""
+    from bids_app.group import group_role
+
+    df = regions[regions["region"].isin(PLOT_REGIONS)].copy()
+    roles = df["group"].map(group_role) if "group" in df.columns else None
+    df["_role"] = roles if roles is not None else None
+    df["_label"] = df["participant_id"] + df["session_id"].fillna("").map(
+        lambda s: f"_{s}" if s else ""
+    )
+    figures = []
+    for (m, units), g in df.groupby(["map", "units"], sort=True):
+        columns = {
+            r: list(
+                zip(
+                    g.loc[g["region"] == r, "mean"],
+                    g.loc[g["region"] == r, "_role"],
+                    g.loc[g["region"] == r, "_label"],
+                    strict=True,
+                )
+            )
+            for r in PLOT_REGIONS
+        }
+        figures.append(dot_plot(columns, title=str(m), units=str(units)))
+    return figures
+
+
 def group_report(
     out: Path, regions: pd.DataFrame, summary: pd.DataFrame, lesions: pd.DataFrame
 ) -> Path:
-    """Write ``group.html``: the summary table and per-region patient/control bar charts."""
+    """Write ``group.html``: summary tables and per-map dot plots of patients and controls."""
     parts = [
         f"<p>{regions['participant_id'].nunique()} participant(s); "
         f"{lesions['lesion_id'].notna().sum() if not lesions.empty else 0} lesion rows."
@@ -78,24 +108,11 @@ def group_report(
     key = summary[summary["region"].isin(["lesion", "NAWM", "NAGM"])]
     parts.append("<h2>Lesion and normal-appearing tissue</h2>" + _table(key))
     parts.append("<h2>All regions</h2>" + _table(summary))
-    for m, g in summary[summary["region"].isin(["NAWM", "lesion", "NAGM"])].groupby("map"):
-        bars = []
-        vmax = (
-            np.nanmax(g[["mean_patients", "mean_controls", "mean"]].to_numpy(float))
-            if len(g)
-            else 1.0
-        )
-        for _, row in g.iterrows():
-            for who, col in (("patients", "mean_patients"), ("controls", "mean_controls")):
-                v = row[col]
-                if np.isfinite(v) and vmax > 0:
-                    w = int(300 * v / vmax)
-                    bars.append(
-                        f"<div>{html.escape(row['region'])} {who}: "
-                        f"<span style='display:inline-block;background:#4a7;width:{w}px'>"
-                        f"&nbsp;</span> {v:.4g}</div>"
-                    )
-        parts.append(f"<h3>{html.escape(str(m))}</h3>" + "".join(bars))
+    parts.append(
+        "<h2>Subject means per region</h2><p>One dot per subject and session; red patients, "
+        "blue controls, grey others; bars are group means.</p>"
+    )
+    parts += _region_plots(regions)
     path = out / "group.html"
     save_text(path, _page("msqmri: group report", "\n".join(parts)))
     return path

@@ -1,0 +1,38 @@
+"""Report plots: one dot per finite value, group means, deterministic output."""
+
+import numpy as np
+
+from bids_app.reports.figures import mosaic, svg_figure
+from bids_app.reports.plots import dot_plot
+
+
+def test_dot_plot_draws_every_finite_value_and_group_means():
+    cols = {
+        "lesion": [(1.3, "patient", "sub-01"), (1.2, "patient", "sub-03")],
+        "NAWM": [(0.85, "patient", "sub-01"), (0.84, "control", "sub-02"), (np.nan, None, "x")],
+        "NAGM": [],
+    }
+    svg = dot_plot(cols, title="T1map", units="s")
+    assert svg.startswith("<svg")
+    assert svg.endswith("</svg>")
+    assert svg.count("<circle") == 4  # the NaN is not drawn
+    assert svg.count('stroke-width="2"') == 3  # means: lesion patients, NAWM patients/controls
+    assert "sub-02: 0.84" in svg
+    assert dot_plot(cols, title="T1map", units="s") == svg  # deterministic jitter
+
+
+def test_dot_plot_without_values():
+    svg = dot_plot({"lesion": [(np.nan, None, "a")]}, title="MTRmap", units="percent")
+    assert "no finite values" in svg
+    assert "<circle" not in svg
+
+
+def test_mosaic_outline_and_svg_figure():
+    vol = np.zeros((10, 12, 8))
+    vol[3:7, 3:9, :] = 1.0
+    lesion = np.zeros(vol.shape, bool)
+    lesion[4:6, 4:6, 2:6] = True
+    rgb = mosaic(vol, outline=lesion, n_slices=3)
+    assert rgb.shape == (12, 30, 3)
+    assert ((rgb == (230, 30, 30)).all(axis=-1)).any()  # the lesion border is drawn in red
+    assert "data:image/png;base64," in svg_figure(rgb, "T1map [s]")
