@@ -18,23 +18,24 @@ def test_megre_uses_magnitude_only(tmp_path):
     assert run.entities == {"subject": "01", "part": "mag"}
 
 
-def test_two_acquisitions_are_two_collections(tmp_path):
+def _two_acquisitions(tmp_path):
+    """One subject with two VFA collections, ``acq-sag`` and ``acq-ax``."""
     spec = {}
     for acq in ("sag", "ax"):
         for stem, value in vfa_spec("sub-01").items():
             spec[stem.replace("sub-01_flip", f"sub-01_acq-{acq}_flip")] = value
-    ds = write_dataset(tmp_path / "bids", {"sub-01": spec})
+    return write_dataset(tmp_path / "bids", {"sub-01": spec})
+
+
+def test_two_acquisitions_are_two_collections(tmp_path):
+    ds = _two_acquisitions(tmp_path)
     runs = resolve_model(make_layout(ds), get_model("vfa_t1"), "01", None)
     assert sorted(r.entities["acquisition"] for r in runs) == ["ax", "sag"]
     assert all(len(r.collections["vfa"].volumes) == 2 for r in runs)
 
 
 def test_filters_restrict_a_collection(tmp_path):
-    spec = {}
-    for acq in ("sag", "ax"):
-        for stem, value in vfa_spec("sub-01").items():
-            spec[stem.replace("sub-01_flip", f"sub-01_acq-{acq}_flip")] = value
-    ds = write_dataset(tmp_path / "bids", {"sub-01": spec})
+    ds = _two_acquisitions(tmp_path)
     runs = resolve_model(
         make_layout(ds), get_model("vfa_t1"), "01", None, {"vfa": {"acquisition": "ax"}}
     )
