@@ -215,13 +215,16 @@ def read_data(img: nib.Nifti1Image, path: str | Path, *, ndim: int = 3) -> np.nd
     return data
 
 
-def load_volumes(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def load_volumes(paths: Sequence[str], *, series: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Stack 3-D images of one collection along a new last axis.
 
     Parameters
     ----------
     paths : sequence of str
         Images in stacking order.
+    series : bool
+        Accept 4-D images (measurements on the last axis), concatenated in order; a 3-D
+        image counts as one measurement.
 
     Returns
     -------
@@ -250,10 +253,19 @@ def load_volumes(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
                 np.round(img.affine, 4).tolist(),
                 f"the affine of {paths[0]} (same collection)",
             )
-        data = read_data(img, path)
+        data = read_data(img, path, ndim=4 if series and _is_4d(img) else 3)
         require_signal(data, path)
-        vols.append(data)
-    return np.stack(vols, axis=-1), ref_aff
+        vols.append(data if data.ndim == 4 else data[..., None])
+    if len(vols) == 1:
+        return vols[0], ref_aff
+    return np.concatenate(vols, axis=-1), ref_aff
+
+
+def _is_4d(img: nib.Nifti1Image) -> bool:
+    shape = img.shape
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return len(shape) == 4
 
 
 def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:

@@ -28,9 +28,15 @@ from bids_app.bids.derivatives import build_name, init_output
 from bids_app.bids.layout import make_layout, select_subjects
 from bids_app.bids.query import STRUCTURAL, find_volumes, resolve_model
 from bids_app.config import RunConfig
-from bids_app.errors import MsqmriError, NoInputsError, OutputError, SelectionError
+from bids_app.errors import (
+    MsqmriError,
+    NoInputsError,
+    OutputError,
+    SelectionError,
+    UsageError,
+)
 from bids_app.models import REGISTRY
-from bids_app.stages import anatomy, maps, tables
+from bids_app.stages import anatomy, maps, products, tables
 from bids_app.stages.context import SubjectContext
 
 logger = logging.getLogger(__name__)
@@ -40,13 +46,42 @@ NO_INPUTS = "no-inputs"
 STAGING = ".msqmri-staging"
 
 
+def _policy_off(cfg: RunConfig, req) -> bool:
+    return req.policy == "b1" and cfg.b1_policy == "none"
+
+
 def selected_models(cfg: RunConfig) -> list:
-    """Model classes to run, B1 first (its maps feed the others)."""
+    """Model classes to run, producers before their consumers.
+
+    The producers of what the selected models require are added (unless the run's policy
+    switches the product off, e.g. ``--b1 none``); the order is the registry order, changed
+    only where a consumer would come before its producer.
+
+    Raises
+    ------
+    UsageError
+        If the requirements form a cycle (a bug in a model's declaration).
+    """
     names = list(cfg.models) or list(REGISTRY)
-    names.sort(key=lambda n: n != "b1")
-    if any(REGISTRY[n].uses_b1 for n in names) and "b1" not in names and cfg.b1_policy != "none":
-        names.insert(0, "b1")
-    return [REGISTRY[n] for n in names]
+    queue = list(names)
+    while queue:
+        for req in REGISTRY[queue.pop(0)].requires:
+            if req.model in REGISTRY and req.model not in names and not _policy_off(cfg, req):
+                names.append(req.model)
+                queue.append(req.model)
+    ordered: list[str] = []
+    pending = list(names)
+    while pending:
+        ready = [
+            n
+            for n in pending
+            if all(r.model not in pending or r.model == n for r in REGISTRY[n].requires)
+        ]
+        if not ready:
+            raise UsageError(f"models {pending} require each other's outputs (a cycle)")
+        ordered.append(ready[0])
+        pending.remove(ready[0])
+    return [REGISTRY[n] for n in ordered]
 
 
 def _unit_dir(root: Path, subject: str, session: str | None) -> Path:
@@ -206,11 +241,9 @@ def run_subject(
         return NO_INPUTS
     if ctx.grid is not None:
         anatomy.find_masks(ctx)
+    products.add_anatomy_products(ctx)
     for run in runs:
-        if run.model.name == "b1":
-            maps.fit_b1(ctx, run)
-        else:
-            maps.fit_run(ctx, run)
+        maps.fit_run(ctx, run)
     if ctx.grid is not None:
         maps.to_reference(ctx)
         tables.summarise(ctx)

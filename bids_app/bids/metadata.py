@@ -98,7 +98,7 @@ def check_value(path: str, spec: MetaSpec, key: str, value: Any) -> Any:
     return x
 
 
-def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
+def build_collection(spec: InputSpec, volumes: Sequence[Volume], layout=None) -> Collection:
     """Check the metadata of ``volumes`` and order them along ``spec.stack_along``.
 
     Parameters
@@ -107,6 +107,9 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
         The model input being resolved.
     volumes : sequence of Volume
         Images of one collection (their ``metadata`` already merged by pybids inheritance).
+    layout : BIDSLayout, optional
+        Where companion tables of a 4-D series are looked up (inheritance); without it, beside
+        the image.
 
     Returns
     -------
@@ -138,6 +141,8 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
     params: dict[str, list[Any]] = {}
     sources: dict[str, str] = {}
     for ms in spec.metadata:
+        if ms.per_measurement:
+            continue  # read per measurement below, once the order is known
         vals = []
         for vol in volumes:
             key, raw = _lookup(vol.metadata, ms)
@@ -180,12 +185,57 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume]) -> Collection:
                 )
             seen[k] = i
         order.sort(key=lambda i: keys[i])
-    return Collection(
+    ordered = tuple(volumes[i] for i in order)
+    tables, counts = _series_tables(spec, ordered, layout, sources) if spec.series else ({}, ())
+    coll = Collection(
         name=spec.name,
-        volumes=tuple(volumes[i] for i in order),
+        volumes=ordered,
         params={k: tuple(v[i] for i in order) for k, v in params.items()},
         sources=sources,
+        tables=tables,
+        n_measurements=counts,
     )
+    if "MTState" in coll.params:
+        check_entity_agreement(coll, "mt", "MTState", {"on": True, "off": False})
+    return coll
+
+
+def _series_tables(
+    spec: InputSpec, volumes: Sequence[Volume], layout, sources: dict[str, str]
+) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+    """Companion tables and per-measurement metadata of a 4-D series, concatenated."""
+    from bids_app.bids.companions import check_gradients, n_measurements, read_companion
+
+    counts = tuple(n_measurements(v.path) for v in volumes)
+    tables: dict[str, list[np.ndarray]] = {}
+    for vol, n in zip(volumes, counts, strict=True):
+        for comp in spec.companions:
+            arr = read_companion(vol.path, comp, n, layout)
+            if arr is not None:
+                tables.setdefault(comp.name, []).append(arr)
+        if "bval" in tables and "bvec" in tables:
+            check_gradients(tables["bval"][-1], tables["bvec"][-1], vol.path)
+        for ms in spec.metadata:
+            if ms.per_measurement:
+                tables.setdefault(ms.key, []).append(_per_measurement(vol, ms, n, sources))
+    out = {k: np.concatenate(v) for k, v in tables.items() if len(v) == len(volumes)}
+    return out, counts
+
+
+def _per_measurement(vol: Volume, ms: MetaSpec, n: int, sources: dict[str, str]) -> np.ndarray:
+    """A per-measurement key: a list of ``n`` values, or one value repeated ``n`` times."""
+    key, raw = _lookup(vol.metadata, ms)
+    path = _sidecar(vol.path)
+    if raw is None:
+        if ms.required:
+            raise MetadataError(path, ms.key, None, "the key to be present")
+        return np.full(n, np.nan)
+    sources[ms.key] = key
+    if isinstance(raw, list):
+        if len(raw) != n:
+            raise MetadataError(path, key, f"{len(raw)} values", f"{n} (one per volume) or one")
+        return np.asarray([check_value(path, ms, key, v) for v in raw], dtype=float)
+    return np.full(n, float(check_value(path, ms, key, raw)))
 
 
 def check_entity_agreement(coll: Collection, entity: str, key: str, mapping: Mapping) -> None:

@@ -19,7 +19,7 @@ from bids import BIDSLayout
 from bids_app.bids.layout import invalid_sidecars
 from bids_app.bids.metadata import build_collection
 from bids_app.errors import MetadataError
-from bids_app.models.base import Collection, QMRIModel, Volume
+from bids_app.models.base import Collection, InputSpec, QMRIModel, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def find_volumes(
     session: str | None,
     query: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    *,
+    dataset: str = "raw",
 ) -> list[Volume]:
     """NIfTI files of one subject/session matching ``query`` (+ ``extra`` filters).
 
@@ -93,7 +95,8 @@ def find_volumes(
         for sidecar, reason in invalid.items():
             if sidecar_applies(sidecar, f.path):
                 raise MetadataError(sidecar, "JSON", reason, f"a readable JSON object ({f.path})")
-        out.append(Volume(f.path, dict(ent), dict(layout.get_metadata(f.path))))
+        meta = dict(layout.get_metadata(f.path))
+        out.append(Volume(f.path, dict(ent), meta, dataset=dataset, root=str(layout.root)))
     return out
 
 
@@ -145,26 +148,72 @@ def shared_entities(volumes: list[Volume]) -> dict[str, Any]:
     }
 
 
+def pairing_key(vol: Volume, spec: InputSpec) -> tuple:
+    """The entities that pair a file with the lead input's collection.
+
+    Every identifying entity except the ones the input's own query fixes (``part``,
+    ``mt``...) and its index entities: ``acq``, ``run``, ``rec``, ``dir``... Files of a second
+    input belong to the lead collection whose pairing key they share.
+    """
+    skip = _NON_IDENTIFYING | set(spec.index_entities) | set(spec.query)
+    return tuple(sorted((k, str(v)) for k, v in vol.entities.items() if k not in skip))
+
+
+def _find_input(
+    layouts: InputLayouts, subject: str, session: str | None, spec: InputSpec, extra
+) -> list[Volume]:
+    """Files of one input: the derivatives first when the input allows it, then raw."""
+    if spec.from_derivatives:
+        for name, layout in layouts.derivatives.items():
+            vols = [
+                v
+                for v in find_volumes(layout, subject, session, spec.query, extra, dataset=name)
+                if v.entities.get("space") in (None, "orig")
+            ]
+            if vols:
+                return vols
+    return find_volumes(layouts.raw, subject, session, spec.query, extra)
+
+
+@dataclass(frozen=True)
+class InputLayouts:
+    """The raw layout and the ``--derivatives`` layouts inputs may come from."""
+
+    raw: BIDSLayout
+    derivatives: Mapping[str, BIDSLayout] = field(default_factory=dict)
+
+
 def resolve_model(
-    layout: BIDSLayout,
+    layout: BIDSLayout | InputLayouts,
     model: type[QMRIModel],
     subject: str,
     session: str | None,
     filters: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    unused: list[str] | None = None,
 ) -> list[ModelRun]:
-    """All fits of ``model`` for one subject/session (one per collection), possibly none.
+    """All fits of ``model`` for one subject/session (one per lead collection), possibly none.
+
+    The lead input (first of the input set) is grouped into collections by its identifying
+    entities; every other input contributes only the files that share the lead collection's
+    :func:`pairing_key` (so ``acq-sag`` magnitudes are paired with ``acq-sag`` phases).
+
+    Parameters
+    ----------
+    unused : list of str, optional
+        Receives one line per lead collection that could not be paired (the reason).
 
     Raises
     ------
     MetadataError
         From the metadata checks of a collection that exists but is wrong.
     """
+    layouts = layout if isinstance(layout, InputLayouts) else InputLayouts(layout)
     filters = filters or {}
     specs = {s.name: s for s in model.inputs}
     for names in model.input_sets():
         found = {
-            n: find_volumes(layout, subject, session, specs[n].query, filters.get(n))
-            for n in names
+            n: _find_input(layouts, subject, session, specs[n], filters.get(n)) for n in names
         }
         if not all(found.values()):
             continue
@@ -172,19 +221,37 @@ def resolve_model(
         groups: dict[tuple, list[Volume]] = {}
         for vol in found[names[0]]:
             groups.setdefault(_identity(vol, lead.index_entities), []).append(vol)
+        optional = [s for s in model.inputs if s.optional and s.name not in names]
+        extra_found = {
+            s.name: _find_input(layouts, subject, session, s, filters.get(s.name))
+            for s in optional
+        }
         runs = []
         for vols in groups.values():
-            colls = {names[0]: build_collection(lead, vols)}
-            for n in names[1:]:
-                colls[n] = build_collection(specs[n], found[n])
-            for s in model.inputs:
-                if s.optional and s.name not in colls and s.name not in names:
-                    opt = find_volumes(layout, subject, session, s.query, filters.get(s.name))
-                    if opt:
-                        colls[s.name] = build_collection(s, opt)
+            key = pairing_key(vols[0], lead)
+            colls = {names[0]: build_collection(lead, vols, _layout_of(layouts, vols))}
+            missing = []
+            for n in (*names[1:], *extra_found):
+                pool = found.get(n) or extra_found.get(n) or []
+                paired = [v for v in pool if pairing_key(v, specs[n]) == key]
+                if paired:
+                    colls[n] = build_collection(specs[n], paired, _layout_of(layouts, paired))
+                elif n in names:
+                    missing.append(n)
+            if missing:
+                if unused is not None:
+                    unused.append(
+                        f"{model.name}: {Path(vols[0].path).name} (+{len(vols) - 1}) has no "
+                        f"{'/'.join(missing)} input with the same {dict(key) or 'entities'}"
+                    )
+                continue
             runs.append(ModelRun(model, colls, shared_entities(vols), tuple(names)))
         return runs
     return []
+
+
+def _layout_of(layouts: InputLayouts, vols: list[Volume]) -> BIDSLayout:
+    return layouts.derivatives.get(vols[0].dataset, layouts.raw)
 
 
 def find_structural(

@@ -44,6 +44,7 @@ from bids_app.models.base import (
     Collection,
     InputSpec,
     MetaSpec,
+    Option,
     OutputSpec,
     QMRIModel,
     register,
@@ -147,8 +148,14 @@ class B1Model(QMRIModel):
     )
     alternatives = (("tb1map",), ("tb1afi",), ("tb1dam",))
     outputs = (OutputSpec("B1", "TB1map", "fraction of nominal flip angle", valid_range=B1_RANGE),)
-    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
-        "smoothing_fwhm_mm": (DEFAULT_FWHM_MM,)
+    options_spec: ClassVar[Mapping[str, Option]] = {
+        "smoothing_fwhm_mm": Option(
+            DEFAULT_FWHM_MM,
+            float,
+            range=(0.0, 50.0),
+            unit="mm",
+            doc="FWHM of the mask-aware smoothing (0: none)",
+        )
     }
 
     def __init__(
@@ -163,9 +170,6 @@ class B1Model(QMRIModel):
         **options: Any,
     ):
         super().__init__(**options)
-        fwhm = self.options["smoothing_fwhm_mm"]
-        if not isinstance(fwhm, (int, float)) or isinstance(fwhm, bool) or not fwhm >= 0:
-            raise ValueError(f"b1: smoothing_fwhm_mm={fwhm!r}; expected a number >= 0 (mm)")
         methods = [names[0] for names in self.alternatives]
         if method not in methods:
             raise ValueError(f"b1: method={method!r}; valid: {methods}")
@@ -272,7 +276,12 @@ class B1Model(QMRIModel):
         return dam_b1(signal[:, i], signal[:, j], np.deg2rad(self.flip_angles[i]))[:, None]
 
     def spatial_postprocess(
-        self, maps: dict[str, np.ndarray], *, zooms: tuple[float, ...], mask: np.ndarray
+        self,
+        maps: dict[str, np.ndarray],
+        *,
+        zooms: tuple[float, ...],
+        mask: np.ndarray,
+        affine: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Mask-aware smoothing and filling of the B1 map (see :func:`smooth_fill_b1`)."""
         out = dict(maps)

@@ -10,13 +10,47 @@ split combined with qMRLab's declared model properties.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
+
+from bids_app.models.specs import (
+    Collection,
+    Companion,
+    InputSpec,
+    MetaSpec,
+    Option,
+    OutputSpec,
+    Requirement,
+    Volume,
+    sidecar_path,
+)
+
+__all__ = [
+    "B1_RANGE",
+    "B1_REQUIREMENT",
+    "REGISTRY",
+    "Collection",
+    "Companion",
+    "InputSpec",
+    "MetaSpec",
+    "Option",
+    "OutputSpec",
+    "QMRIFit",
+    "QMRIModel",
+    "Requirement",
+    "Volume",
+    "get_model",
+    "model_names",
+    "register",
+    "registered",
+    "sidecar_path",
+    "valid_b1",
+]
 
 #: name -> model class; filled at import by :func:`register`, never changed afterwards.
 REGISTRY: dict[str, type[QMRIModel]] = {}
@@ -24,6 +58,12 @@ REGISTRY: dict[str, type[QMRIModel]] = {}
 
 #: plausible relative B1+ (actual / nominal flip angle): ~0.7-1.3 at 3 T, ~0.4-1.6 at 7 T
 B1_RANGE = (0.3, 2.0)
+
+
+#: the relative B1+ map of the ``b1`` model, consumed by flip-angle models (``--b1`` policy)
+B1_REQUIREMENT = Requirement(
+    "b1", model="b1", output="B1", order=1, sidecar_key="B1Correction", policy="b1"
+)
 
 
 def valid_b1(b1: np.ndarray | None) -> np.ndarray | None:
@@ -44,200 +84,68 @@ def valid_b1(b1: np.ndarray | None) -> np.ndarray | None:
     return np.where((b1 >= B1_RANGE[0]) & (b1 <= B1_RANGE[1]), b1, np.nan)
 
 
-def sidecar_path(path: str) -> str:
-    """The JSON sidecar path of an image path (``x.nii.gz`` -> ``x.json``), for messages."""
-    for ext in (".nii.gz", ".nii"):
-        if path.endswith(ext):
-            return path[: -len(ext)] + ".json"
-    return path
-
-
-@dataclass(frozen=True)
-class MetaSpec:
-    """A sidecar key a model needs, with its kind and plausible range in SI units.
-
-    Parameters
-    ----------
-    key : str
-        BIDS metadata key, e.g. ``'EchoTime'``.
-    kind : {'time', 'angle', 'bool', 'number'}
-        ``'time'`` values are seconds, ``'angle'`` values degrees.
-    valid : (2,) tuple of float
-        Inclusive plausible range (s for times, degrees for angles).
-    aliases : tuple of str
-        Other keys accepted for the same quantity (first found wins, the key used is recorded).
-    required : bool
-        Missing required keys raise :class:`~bids_app.errors.MetadataError`.
-    """
-
-    key: str
-    kind: str = "number"
-    valid: tuple[float, float] = (-np.inf, np.inf)
-    aliases: tuple[str, ...] = ()
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One input collection of a model.
-
-    Parameters
-    ----------
-    name : str
-        Role name inside the model, e.g. ``'vfa'``.
-    query : mapping
-        pybids filters selecting the files (``suffix``, ``datatype``, entities).
-    metadata : tuple of MetaSpec
-        Sidecar keys to resolve and check for every volume.
-    stack_along : tuple of str
-        Metadata keys that order the volumes on the last axis (sorted lexicographically by
-        their values); their combination must be unique within a collection.
-    index_entities : tuple of str
-        Entities that vary *within* one collection (``flip``, ``echo``, ``mt``, ``inv``); all
-        other entities identify the collection (two ``acq`` values are two collections).
-    n_volumes : (2,) tuple of int
-        Minimum and maximum number of volumes (maximum ``0`` means no limit).
-    optional : bool
-        Whether the model runs without this input.
-    """
-
-    name: str
-    query: Mapping[str, Any]
-    metadata: tuple[MetaSpec, ...] = ()
-    stack_along: tuple[str, ...] = ()
-    index_entities: tuple[str, ...] = ()
-    n_volumes: tuple[int, int] = (1, 0)
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """One output map of a model; its position in ``outputs`` is its column in ``params``.
-
-    Parameters
-    ----------
-    name : str
-        Short name used in code and tables, e.g. ``'T1'``.
-    suffix : str
-        BIDS suffix, e.g. ``'T1map'``.
-    units : str
-        The sidecar ``Units`` (CONTRACT section 4).
-    desc : str or None
-        ``desc`` entity, only where the suffix alone would collide with another model's output.
-    valid_range : (2,) tuple of float or None
-        Physical range; values outside become NaN and are counted.
-    """
-
-    name: str
-    suffix: str
-    units: str
-    desc: str | None = None
-    valid_range: tuple[float, float] | None = None
-
-    @property
-    def key(self) -> str:
-        """Name of the map in tables: ``'T1map'`` or ``'desc-MTS_T1map'``."""
-        return f"desc-{self.desc}_{self.suffix}" if self.desc else self.suffix
-
-
-@dataclass(frozen=True)
-class Volume:
-    """One image of a collection: its path, BIDS entities and raw sidecar metadata."""
-
-    path: str
-    entities: Mapping[str, Any]
-    metadata: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Collection:
-    """Ordered volumes of one input with their checked acquisition parameters.
-
-    ``params[key]`` holds one float per volume, in SI units (s, degrees), already checked by
-    :mod:`bids_app.bids.metadata`; ``sources[key]`` the sidecar key actually read.
-    """
-
-    name: str
-    volumes: tuple[Volume, ...]
-    params: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def paths(self) -> list[str]:
-        """Image paths in stacking order."""
-        return [v.path for v in self.volumes]
-
-    def values(self, key: str) -> np.ndarray:
-        """Per-volume values of ``key`` as a float array of shape (n_volumes,)."""
-        return np.asarray(self.params[key], dtype=float)
-
-    def common(self, key: str, *, rtol: float = 1e-3) -> float:
-        """The single value of ``key`` shared by all volumes.
-
-        Raises
-        ------
-        MetadataError
-            If the volumes disagree (naming the first disagreeing file).
-        """
-        from bids_app.errors import MetadataError
-
-        vals = self.values(key)
-        bad = np.flatnonzero(~np.isclose(vals, vals[0], rtol=rtol, atol=0))
-        if bad.size:
-            vol = self.volumes[bad[0]]
-            raise MetadataError(
-                sidecar_path(vol.path),
-                self.sources.get(key, key),
-                float(vals[bad[0]]),
-                f"the same value as {sidecar_path(self.volumes[0].path)} ({float(vals[0])!r})"
-                " within one collection",
-            )
-        return float(vals[0])
-
-
 class QMRIModel(ABC):
     """Base class of every qMRI model (acquisition-dependent state only).
 
-    Subclasses set the class attributes and implement :meth:`from_collections` and
-    :meth:`_fit_voxels`; :meth:`fit` is shared.
+    Subclasses set the class attributes and implement :meth:`from_collections` and either
+    :meth:`_fit_voxels` (``kind = 'voxelwise'``: the batched fit of
+    :func:`~bids_app.models.fitting.fit_masked`) or :meth:`_fit_volume`
+    (``kind = 'volume'``: the whole masked volume at once, with its affine); :meth:`fit` is
+    shared, and so is everything after it (range checks, NaN outside the mask, sidecars).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     inputs: ClassVar[tuple[InputSpec, ...]]
     outputs: ClassVar[tuple[OutputSpec, ...]]
+    #: ``'voxelwise'`` or ``'volume'``
+    kind: ClassVar[str] = "voxelwise"
     #: alternative sets of input names; the first fully present set is used
     alternatives: ClassVar[tuple[tuple[str, ...], ...]] = ()
-    #: whether the model accepts a relative B1+ map (``b1=`` voxel covariate)
-    uses_b1: ClassVar[bool] = False
+    #: products of other models this model consumes (covariates on its own grid)
+    requires: ClassVar[tuple[Requirement, ...]] = ()
     #: short reference for sidecars (``EstimationReference``)
     reference: ClassVar[str] = ""
-    #: option name -> allowed values (first is the default); strings only
-    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+    #: option name -> typed declaration (default, type, choices or range, unit)
+    options_spec: ClassVar[Mapping[str, Option]] = {}
+    #: whether the model consumes a relative B1+ map (derived from :attr:`requires`)
+    uses_b1: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        cls.uses_b1 = any(r.model == "b1" for r in cls.requires)
+        legacy = cls.__dict__.get("option_choices")
+        if legacy:  # the older declaration: name -> allowed values, the first the default
+            cls.options_spec = {
+                k: Option(v[0], type(v[0]), choices=tuple(v)) for k, v in legacy.items()
+            }
+        if cls.kind not in ("voxelwise", "volume"):
+            raise TypeError(f"{cls.__name__}.kind must be 'voxelwise' or 'volume'")
 
     def __init__(self, **options: Any):
         self.options = self.check_options(options)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Fill defaults and validate option values against :attr:`option_choices`.
+        """Fill defaults and check every value against :attr:`options_spec`.
 
         Raises
         ------
         ValueError
-            For an unknown option or value, listing the valid ones.
+            For an unknown option or a value of the wrong type, outside its range or not
+            among its choices; the message names the model, option, value and what is valid.
         """
-        out = {k: v[0] for k, v in cls.option_choices.items()}
+        out = {k: spec.default for k, spec in cls.options_spec.items()}
         for key, value in options.items():
-            if key not in cls.option_choices:
+            spec = cls.options_spec.get(key)
+            if spec is None:
                 raise ValueError(
-                    f"{cls.name}: unknown option {key!r}; valid: {sorted(cls.option_choices)}"
+                    f"{cls.name}: unknown option {key!r}; valid: {sorted(cls.options_spec)}"
                 )
-            allowed = cls.option_choices[key]
-            if not isinstance(allowed[0], (int, float)) or isinstance(allowed[0], bool):
-                if value not in allowed:
-                    raise ValueError(f"{cls.name}: {key}={value!r}; valid: {list(allowed)}")
-            out[key] = value
+            try:
+                out[key] = spec.check(key, value)
+            except ValueError as err:
+                raise ValueError(f"{cls.name}: {err}") from None
         return out
 
     @classmethod
@@ -246,6 +154,21 @@ class QMRIModel(ABC):
         if cls.alternatives:
             return cls.alternatives
         return (tuple(s.name for s in cls.inputs if not s.optional),)
+
+    @classmethod
+    def example_collections(cls) -> Mapping[str, Collection] | None:
+        """A typical acquisition for the registry-wide tests (``None``: not provided)."""
+        return None
+
+    def simulate(
+        self, n: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+        """Forward simulation for the registry-wide tests: ``(params, signal, covariates)``.
+
+        ``params`` (n, n_params) are plausible tissue values, ``signal`` (n, n_meas) their
+        noiseless signal; ``None`` if the model provides none.
+        """
+        return None
 
     @classmethod
     @abstractmethod
@@ -257,9 +180,23 @@ class QMRIModel(ABC):
     def acquisition(self) -> dict[str, Any]:
         """Acquisition parameters as used, in order, for the output sidecars."""
 
-    @abstractmethod
     def _fit_voxels(self, signal: np.ndarray, **covariates: np.ndarray) -> np.ndarray:
         """Fit ``signal`` of shape (n_vox, n_meas); return (n_vox, n_params), NaN if undefined."""
+        raise NotImplementedError(f"{self.name} is a {self.kind} model")
+
+    def _fit_volume(
+        self,
+        data: Mapping[str, np.ndarray],
+        *,
+        mask: np.ndarray,
+        affine: np.ndarray,
+        **covariates: np.ndarray,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+        """Whole-volume fit: input name -> (X, Y, Z, n) data; return (X, Y, Z, n_params).
+
+        May also return ``(params, rmse)``. Voxels outside ``mask`` are set to NaN afterwards.
+        """
+        raise NotImplementedError(f"{self.name} is a {self.kind} model")
 
     def predict(self, params: np.ndarray, **covariates: np.ndarray) -> np.ndarray | None:
         """Forward model: (n_vox, n_params) -> (n_vox, n_meas); ``None`` if not defined."""
@@ -283,16 +220,76 @@ class QMRIModel(ABC):
         return self
 
     def spatial_postprocess(
-        self, maps: dict[str, np.ndarray], *, zooms: tuple[float, ...], mask: np.ndarray
+        self,
+        maps: dict[str, np.ndarray],
+        *,
+        zooms: tuple[float, ...],
+        mask: np.ndarray,
+        affine: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Spatial step after the voxel fit (e.g. B1 smoothing); identity by default."""
+        """Spatial step after the fit (e.g. B1 smoothing); identity by default."""
         return maps
 
-    def fit(self, data: np.ndarray, *, mask: np.ndarray | None = None, **kwargs) -> QMRIFit:
-        """Fit ``data`` of shape (..., n_meas); see :func:`~bids_app.models.fitting.fit_masked`."""
-        from bids_app.models.fitting import fit_masked
+    def fit(
+        self,
+        data: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        mask: np.ndarray | None = None,
+        affine: np.ndarray | None = None,
+        **kwargs,
+    ) -> QMRIFit:
+        """Fit the model.
 
-        return fit_masked(self, data, mask=mask, **kwargs)
+        Voxelwise models take ``data`` (..., n_meas), see
+        :func:`~bids_app.models.fitting.fit_masked`; whole-volume models take a mapping of
+        input name to (X, Y, Z, n) arrays, the ``mask`` and the ``affine`` (default identity)
+        and ``covariates=`` (same spatial shape).
+        """
+        if self.kind == "voxelwise":
+            from bids_app.models.fitting import fit_masked
+
+            return fit_masked(self, data, mask=mask, **kwargs)
+        return _fit_whole_volume(self, data, mask=mask, affine=affine, **kwargs)
+
+
+def _fit_whole_volume(
+    model: QMRIModel,
+    data: Mapping[str, np.ndarray],
+    *,
+    mask: np.ndarray | None,
+    affine: np.ndarray | None,
+    covariates: Mapping[str, np.ndarray] | None = None,
+    **_ignored: Any,
+) -> QMRIFit:
+    """The whole-volume driver: shape checks, the model's fit, NaN outside the mask."""
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError(f"{model.name}: whole-volume data must be a mapping of input arrays")
+    spatial = next(iter(data.values())).shape[:3]
+    for name, arr in data.items():
+        if arr.shape[:3] != spatial:
+            raise ValueError(f"input {name!r} shape {arr.shape[:3]} != {spatial}")
+    mask = np.ones(spatial, bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != spatial:
+        raise ValueError(f"mask shape {mask.shape} does not match data shape {spatial}")
+    covariates = dict(covariates or {})
+    for name, cov in covariates.items():
+        if np.shape(cov) != spatial:
+            raise ValueError(f"covariate {name!r} shape {np.shape(cov)} != data shape {spatial}")
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+    with np.errstate(all="ignore"):
+        out = model._fit_volume(data, mask=mask, affine=affine, **covariates)
+    params, rmse = out if isinstance(out, tuple) else (out, None)
+    params = np.array(params, dtype=np.float64)
+    expected = (*spatial, len(model.outputs))
+    if params.shape != expected:
+        raise RuntimeError(
+            f"{model.name}._fit_volume returned {params.shape}, expected {expected}"
+        )
+    params[~mask] = np.nan
+    params[~np.isfinite(params)] = np.nan
+    if rmse is not None:
+        rmse = np.where(mask, rmse, np.nan)
+    return QMRIFit(model, params, rmse)
 
 
 class QMRIFit:
@@ -366,6 +363,19 @@ def get_model(name: str) -> type[QMRIModel]:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; registered: {model_names()}") from None
+
+
+@contextlib.contextmanager
+def registered(cls: type[QMRIModel]) -> Iterator[type[QMRIModel]]:
+    """Register ``cls`` for the duration of a ``with`` block.
+
+    For models kept outside the package: tests, or a newcomer's model under development.
+    """
+    register(cls)
+    try:
+        yield cls
+    finally:
+        REGISTRY.pop(cls.name, None)
 
 
 def model_names() -> list[str]:

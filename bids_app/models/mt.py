@@ -35,9 +35,11 @@ import numpy as np
 from bids_app.errors import MetadataError
 from bids_app.models._mt_physics import mtr, mtsat_exact, mtsat_helms, weiskopf2013_correction
 from bids_app.models.base import (
+    B1_REQUIREMENT,
     Collection,
     InputSpec,
     MetaSpec,
+    Option,
     OutputSpec,
     QMRIModel,
     register,
@@ -244,10 +246,14 @@ class MTsatModel(QMRIModel):
         "Helms G, Dathe H, Kallenberg K, Dechent P. Magn Reson Med 2008;60:1396-1407; "
         "erratum Magn Reson Med 2010;64:1856"
     )
-    uses_b1 = True
-    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
-        "mt_b1_correction": ("none", "weiskopf2013"),
-        "fit_method": ("exact", "helms2008"),
+    requires = (B1_REQUIREMENT,)
+    options_spec: ClassVar[Mapping[str, Option]] = {
+        "mt_b1_correction": Option(
+            "none", str, ("none", "weiskopf2013"), doc="empirical MT-pulse B1 factor"
+        ),
+        "fit_method": Option(
+            "exact", str, ("exact", "helms2008"), doc="exact solution or Helms' formulas"
+        ),
     }
     inputs = (
         InputSpec(

@@ -25,9 +25,11 @@ from bids_app.models._relax_solvers import (
     spgr_signal,
 )
 from bids_app.models.base import (
+    B1_REQUIREMENT,
     Collection,
     InputSpec,
     MetaSpec,
+    Option,
     OutputSpec,
     QMRIModel,
     register,
@@ -53,6 +55,9 @@ _NII = [".nii", ".nii.gz"]
 
 _VFA_METHODS = {"linear": despot1_linear, "nonlinear": despot1_nonlinear}
 _MONOEXP_METHODS = {"loglinear": monoexp_loglinear, "nonlinear": monoexp_nonlinear}
+_MONOEXP_OPTION = Option(
+    "loglinear", str, tuple(_MONOEXP_METHODS), doc="S²-weighted log-linear or least squares"
+)
 
 
 def _require_distinct(coll: Collection, key: str, values: np.ndarray, n_min: int, why: str):
@@ -125,8 +130,12 @@ class VFAT1Model(QMRIModel):
         OutputSpec("R1", "R1map", "1/s", valid_range=(0.1, 20)),
         OutputSpec("M0", "M0map", "arbitrary", valid_range=(0, np.inf)),
     )
-    uses_b1 = True
-    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {"fit_method": tuple(_VFA_METHODS)}
+    requires = (B1_REQUIREMENT,)
+    options_spec: ClassVar[Mapping[str, Option]] = {
+        "fit_method": Option(
+            "linear", str, tuple(_VFA_METHODS), doc="closed-form DESPOT1 or SPGR least squares"
+        )
+    }
 
     def __init__(self, flip_angle: np.ndarray, repetition_time: float, **options: Any):
         super().__init__(**options)
@@ -183,9 +192,7 @@ class _MonoExpModel(QMRIModel):
 
     #: which of (rate, 1/rate, S0) each output column holds, in ``outputs`` order
     _columns: ClassVar[tuple[str, str, str]] = ("rate", "time", "s0")
-    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
-        "fit_method": tuple(_MONOEXP_METHODS)
-    }
+    options_spec: ClassVar[Mapping[str, Option]] = {"fit_method": _MONOEXP_OPTION}
 
     def __init__(self, echo_time: np.ndarray, **options: Any):
         super().__init__(**options)
@@ -284,7 +291,7 @@ class MESET2Model(_MonoExpModel):
         OutputSpec("M0", "M0map", "arbitrary", desc="MESE", valid_range=(0, np.inf)),
     )
     _columns = ("time", "rate", "s0")
-    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {
-        "fit_method": tuple(_MONOEXP_METHODS),
-        "drop_first_echo": (False, True),
+    options_spec: ClassVar[Mapping[str, Option]] = {
+        "fit_method": _MONOEXP_OPTION,
+        "drop_first_echo": Option(False, bool, doc="leave out the earliest echo"),
     }

@@ -42,6 +42,22 @@ class MapRecord:
     data_ref: np.ndarray | None = None  # on the reference grid, float32
 
 
+@dataclass(frozen=True)
+class Product:
+    """A map one model (or the anatomy stage) offers to the models that consume it.
+
+    ``uri`` is its ``bids:`` URI (or mask source), ``intended_for`` the file names its inputs'
+    ``IntendedFor`` lists.
+    """
+
+    model: str
+    output: str
+    data: np.ndarray
+    grid: Grid
+    uri: str
+    intended_for: frozenset[str] = frozenset()
+
+
 @dataclass
 class SubjectContext:
     """What the stages of one subject/session share."""
@@ -62,8 +78,11 @@ class SubjectContext:
     tissue_source: str = ""
     lesion_mask: np.ndarray | None = None
     lesion_source: str = ""
-    b1: list[dict[str, Any]] = field(default_factory=list)  # fitted B1 maps
+    #: (producer, output) -> products, in the order they were made
+    products: dict[tuple[str, str], list[Product]] = field(default_factory=dict)
     maps: list[MapRecord] = field(default_factory=list)
+    #: worker pool shared by every voxelwise fit of the run (None: a pool per fit or none)
+    pool: Any = None
     skipped: list[str] = field(default_factory=list)
 
     @property

@@ -1,8 +1,16 @@
-"""Fit every applicable model of a subject and write its maps (native and reference space)."""
+"""Fit every applicable model of a subject and write its maps (native and reference space).
+
+One run goes through five steps, each knowing only what it needs: :func:`load_inputs` (files
+to arrays on the lead input's grid), :func:`~bids_app.stages.products.covariates_for` (the
+declared products of other models), :func:`fit_loaded` (the model's fit, voxelwise or whole
+volume, and the shared post-processing), :func:`provenance` (what the sidecars say) and
+:func:`write_outputs` (maps, rmse, records and products for later consumers).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +20,46 @@ from bids_app import __version__, io
 from bids_app.bids.derivatives import bids_uri, naming_entities, write_image
 from bids_app.bids.query import ModelRun
 from bids_app.errors import MetadataError
-from bids_app.models.base import QMRIModel
-from bids_app.stages.context import Grid, MapRecord, SubjectContext
+from bids_app.models.base import QMRIFit, QMRIModel
+from bids_app.stages import products
+from bids_app.stages.context import Grid, MapRecord, Product, SubjectContext
 
 logger = logging.getLogger(__name__)
 
 
-def _datatype(run: ModelRun) -> str:
-    return run.model.inputs[0].query.get("datatype", "anat")
+@dataclass
+class LoadedInputs:
+    """A run's images: one (X, Y, Z, n) array per input, on the lead input's grid."""
+
+    data: dict[str, np.ndarray]
+    grid: Grid
+    paths: list[str]
+
+    def stacked(self, names: tuple[str, ...]) -> np.ndarray:
+        """The inputs of ``names`` joined on the measurement axis (voxelwise models)."""
+        arrays = [self.data[n] for n in names]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
 
 
-def _mask_on(ctx: SubjectContext, grid: Grid, first_volume: np.ndarray) -> np.ndarray:
+def _datatype(run: ModelRun, spec) -> str:
+    return spec.datatype or run.model.inputs[0].query.get("datatype", "anat")
+
+
+def source_uri(ctx: SubjectContext, path: str, run: ModelRun) -> str:
+    """``bids:raw:<rel>`` for raw inputs, ``bids:<name>:<rel>`` for derivative inputs."""
+    for coll in run.collections.values():
+        for vol in coll.volumes:
+            if vol.path == path and vol.dataset != "raw" and vol.root:
+                return bids_uri(vol.dataset, io_relpath(path, vol.root))
+    return bids_uri("raw", ctx.rel(path))
+
+
+def io_relpath(path: str, root: str) -> str:
+    """``path`` relative to a dataset ``root`` (POSIX)."""
+    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+
+
+def mask_on(ctx: SubjectContext, grid: Grid, first_volume: np.ndarray) -> np.ndarray:
     """The subject brain mask on a model grid (nearest), or a positive-signal mask."""
     if ctx.brain_mask is not None and ctx.grid is not None:
         return (
@@ -34,70 +71,75 @@ def _mask_on(ctx: SubjectContext, grid: Grid, first_volume: np.ndarray) -> np.nd
     return np.isfinite(first_volume) & (first_volume > 0)
 
 
-def _choose_b1(ctx: SubjectContext, run: ModelRun) -> dict[str, Any] | None:
-    if not ctx.b1:
-        return None
-    names = {Path(p).name for p in run.sources}
-    for b1 in ctx.b1:
-        if names & b1["intended_for"]:
-            return b1
-    if len(ctx.b1) > 1:
-        logger.warning(
-            "%s: %d B1 maps and none IntendedFor %s; using %s",
-            ctx.label,
-            len(ctx.b1),
-            sorted(names),
-            ctx.b1[0]["path"].name,
-        )
-    return ctx.b1[0]
+def load_inputs(run: ModelRun) -> LoadedInputs:
+    """Read every input of a run; all inputs must share the lead input's grid.
+
+    Raises
+    ------
+    MetadataError
+        Unreadable images, or an input on another grid than the lead input (naming it).
+    """
+    data, affine, paths = {}, None, []
+    for name, coll in run.collections.items():
+        spec = next(s for s in run.model.inputs if s.name == name)
+        arr, aff = io.load_volumes(coll.paths, series=spec.series)
+        if affine is None:
+            affine, shape = aff, arr.shape[:3]
+        elif not io.same_grid(arr.shape, aff, shape, affine):
+            raise MetadataError(
+                coll.paths[0],
+                "affine/shape",
+                f"{arr.shape[:3]}",
+                f"the grid of {paths[0]} (inputs of one {run.model.name} fit)",
+            )
+        data[name] = arr
+        paths += coll.paths
+    return LoadedInputs(data, Grid(tuple(shape), affine), paths)
 
 
-def fit_run(ctx: SubjectContext, run: ModelRun) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Fit one model run, write native-space maps, an rmse map and sidecars."""
+def fit_loaded(
+    ctx: SubjectContext,
+    run: ModelRun,
+    model: QMRIModel,
+    inputs: LoadedInputs,
+    mask: np.ndarray,
+    covariates: dict[str, np.ndarray],
+) -> tuple[QMRIModel, QMRIFit, dict[str, np.ndarray]]:
+    """The model's fit and the shared post-processing; returns the (prepared) model too."""
     cfg = ctx.cfg
-    options = dict(cfg.model_options.get(run.model.name, {}))
-    model: QMRIModel = run.model.from_collections(run.collections, **options)
-    paths = [p for name in run.stacked for p in run.collections[name].paths]
-    data, affine = io.load_volumes(paths)
-    grid = Grid(tuple(data.shape[:3]), affine)
-    mask = _mask_on(ctx, grid, data[..., 0])
-    if not mask.any():
-        raise MetadataError(
-            paths[0],
-            "affine",
-            np.round(affine, 3).tolist(),
-            f"an image overlapping the brain mask of the reference image {ctx.reference_path}",
+    if model.kind == "voxelwise":
+        data = inputs.stacked(run.stacked)
+        model = model.prepare(data, mask, path=inputs.paths[0])
+        fit = model.fit(
+            data,
+            mask=mask,
+            covariates=covariates,
+            chunk_size=cfg.chunk_size,
+            nprocs=cfg.nprocs,
+            **({"pool": ctx.pool} if ctx.pool is not None else {}),
         )
-    model = model.prepare(data, mask, path=paths[0])
-
-    covariates, b1_info = {}, {"Policy": cfg.b1_policy, "Applied": False}
-    if run.model.uses_b1:
-        b1 = _choose_b1(ctx, run) if cfg.b1_policy == "auto" else None
-        if b1 is not None:
-            covariates["b1"] = io.resample(
-                b1["data"], b1["affine"], grid.shape, grid.affine, order=1
-            )
-            b1_info.update(
-                Applied=True,
-                Source=bids_uri("", b1["rel"]),
-                Resampling="trilinear through the affines",
-            )
-        else:
-            reason = "--b1 none" if cfg.b1_policy == "none" else "no B1 map for this subject"
-            b1_info["Reason"] = reason
-            logger.warning("%s: %s without B1 correction (%s)", ctx.label, run.model.name, reason)
-    fit = model.fit(
-        data, mask=mask, covariates=covariates, chunk_size=cfg.chunk_size, nprocs=cfg.nprocs
+    else:
+        fit = model.fit(inputs.data, mask=mask, affine=inputs.grid.affine, covariates=covariates)
+    maps = model.spatial_postprocess(
+        fit.maps(), zooms=inputs.grid.zooms, mask=mask, affine=inputs.grid.affine
     )
-    maps = fit.maps()
-    maps = model.spatial_postprocess(maps, zooms=grid.zooms, mask=mask)
-    n_out = fit.n_out_of_range()
+    return model, fit, maps
 
-    ents = naming_entities(run.entities)
-    datatype = _datatype(run)
-    sources = [bids_uri("raw", ctx.rel(p)) for p in run.sources]
-    common = {
-        "Sources": sources,
+
+def provenance(
+    ctx: SubjectContext, run: ModelRun, model: QMRIModel, requirements: dict[str, Any]
+) -> dict[str, Any]:
+    """The sidecar fields shared by every output of a run.
+
+    Every sidecar states the B1 policy (CONTRACT 4), also for models without B1.
+    """
+    requirements = dict(requirements)
+    requirements.setdefault(
+        "B1Correction",
+        {"Policy": ctx.cfg.b1_policy, "Applied": False, "Reason": "the model does not use B1"},
+    )
+    return {
+        "Sources": [source_uri(ctx, p, run) for p in run.sources],
         "SkullStripped": True,
         "EstimationAlgorithm": f"{run.model.name}: {run.model.description}",
         "EstimationReference": run.model.reference,
@@ -106,9 +148,25 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> tuple[dict[str, np.ndarray], 
         "ModelOptions": model.options,
         "AcquisitionParameters": model.acquisition,
         "MetadataKeysUsed": {c.name: dict(c.sources) for c in run.collections.values()},
-        "B1Correction": b1_info,
+        **requirements,
         "BrainMask": ctx.brain_mask_source or "positive signal of the first volume",
     }
+
+
+def write_outputs(
+    ctx: SubjectContext,
+    run: ModelRun,
+    fit: QMRIFit,
+    maps: dict[str, np.ndarray],
+    grid: Grid,
+    mask: np.ndarray,
+    common: dict[str, Any],
+) -> None:
+    """Write maps, sidecars and the rmse map; keep records and products."""
+    cfg = ctx.cfg
+    ents = naming_entities(run.entities)
+    n_out = fit.n_out_of_range()
+    targets = products.intended_for(run)
     for spec in run.model.outputs:
         side = {
             "Units": spec.units,
@@ -117,8 +175,10 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> tuple[dict[str, np.ndarray], 
             "NumberOfOutOfRangeVoxels": n_out.get(spec.name, 0),
             "NumberOfFittedVoxels": int(mask.sum()),
         }
-        e = dict(ents, desc=spec.desc) if spec.desc else ents
-        path = write_image(cfg.output_dir, datatype, e, spec.suffix, maps[spec.name], affine, side)
+        e = dict(ents, **spec.name_entities)
+        datatype = _datatype(run, spec)
+        data = maps[spec.name]
+        path = write_image(cfg.output_dir, datatype, e, spec.suffix, data, grid.affine, side)
         ctx.maps.append(
             MapRecord(
                 spec.key,
@@ -129,26 +189,54 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> tuple[dict[str, np.ndarray], 
                 spec.suffix,
                 datatype,
                 side,
-                maps[spec.name],
+                data,
                 grid,
             )
         )
+        uri = bids_uri("", path.relative_to(cfg.output_dir).as_posix())
+        products.add_product(ctx, Product(run.model.name, spec.name, data, grid, uri, targets))
     if fit.rmse is not None:
         first = run.model.outputs[0]
-        e = dict(ents, desc=f"{first.desc or ''}rmse")
+        e = dict(ents, **first.entities, desc=f"{first.desc or ''}rmse")
         write_image(
             cfg.output_dir,
-            datatype,
+            _datatype(run, first),
             e,
             first.suffix,
             np.where(mask, fit.rmse, np.nan),
-            affine,
+            grid.affine,
             {
                 "Units": "arbitrary (signal units)",
                 **common,
                 "Description": "root-mean-square residual of the fit",
             },
         )
+
+
+def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
+    """Fit one model run and write its outputs; ``False`` if a required product is missing."""
+    options = dict(ctx.cfg.model_options.get(run.model.name, {}))
+    model: QMRIModel = run.model.from_collections(run.collections, **options)
+    inputs = load_inputs(run)
+    grid = inputs.grid
+    first = next(iter(inputs.data.values()))[..., 0]
+    mask = mask_on(ctx, grid, first)
+    if not mask.any():
+        raise MetadataError(
+            inputs.paths[0],
+            "affine",
+            np.round(grid.affine, 3).tolist(),
+            f"an image overlapping the brain mask of the reference image {ctx.reference_path}",
+        )
+    covariates, requirements, missing = products.covariates_for(ctx, run, grid)
+    if missing:
+        reason = f"{run.model.name}: not fitted, missing {', '.join(missing)}"
+        logger.warning("%s: %s", ctx.label, reason)
+        ctx.skipped.append(reason)
+        return False
+    model, fit, maps = fit_loaded(ctx, run, model, inputs, mask, covariates)
+    common = provenance(ctx, run, model, requirements)
+    write_outputs(ctx, run, fit, maps, grid, mask, common)
     logger.info(
         "%s: %s fitted %d voxels -> %s",
         ctx.label,
@@ -156,31 +244,14 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> tuple[dict[str, np.ndarray], 
         int(mask.sum()),
         ", ".join(s.key for s in run.model.outputs),
     )
-    return maps, affine
-
-
-def fit_b1(ctx: SubjectContext, run: ModelRun) -> None:
-    """Fit a B1 run, write it, and keep it for the consumers."""
-    maps, affine = fit_run(ctx, run)
-    rec = ctx.maps[-1]
-    intended = set()
-    for coll in run.collections.values():
-        for vol in coll.volumes:
-            for item in vol.metadata.get("IntendedFor", []) or []:
-                intended.add(Path(str(item).split(":")[-1]).name)
-    ctx.b1.append(
-        {
-            "data": next(iter(maps.values())),
-            "affine": affine,
-            "path": rec.path,
-            "rel": rec.path.relative_to(ctx.cfg.output_dir).as_posix(),
-            "intended_for": intended,
-        }
-    )
+    return True
 
 
 def to_reference(ctx: SubjectContext) -> None:
-    """Resample every map to the reference grid and write the ``space-<ref>`` copies."""
+    """Resample every map to the reference grid and write the ``space-<ref>`` copies.
+
+    The native array of a record is released once its reference copy exists (memory).
+    """
     if ctx.grid is None:
         return
     for rec in ctx.maps:
