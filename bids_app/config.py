@@ -82,6 +82,9 @@ def _toml_value(value: Any) -> str:
 def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
     """Read ``[model] option = value`` tables from a TOML file and validate them.
 
+    A ``logs/<run>/config.toml`` written by a run is accepted too: its ``[model_options]``
+    table is read (the other run settings come from the command line).
+
     Raises
     ------
     UsageError
@@ -95,6 +98,8 @@ def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"{path}: cannot read the TOML configuration ({err})") from None
+    if isinstance(data.get("execution"), dict):  # a logs/<run>/config.toml passed back
+        data = data.get("model_options", {})
     out = {}
     for name, opts in data.items():
         try:

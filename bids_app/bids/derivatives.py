@@ -38,6 +38,8 @@ ENTITY_ORDER = (
     ("part", "part"),
     ("space", "space"),
     ("label", "label"),
+    ("model", "model"),  # BEP016 (diffusion derivatives)
+    ("param", "param"),
     ("desc", "desc"),
 )
 #: entities that index volumes within a collection and never name a derived map
@@ -100,7 +102,7 @@ def naming_entities(entities: Mapping[str, Any], **new: Any) -> dict[str, Any]:
         for k, v in entities.items()
         if k in dict(ENTITY_ORDER)
         and k not in INDEX_ENTITIES
-        and k not in ("space", "label", "desc")
+        and k not in ("space", "label", "model", "param", "desc")
     }
     keep.update(new)
     return keep

@@ -56,7 +56,23 @@ def list_models() -> str:
         )
         outs = ", ".join(f"{o.key} [{o.units}]" for o in model.outputs)
         lines.append(f"{name:14s} inputs: {sets}\n{'':14s} outputs: {outs}")
+        if model.requires:
+            needs = ", ".join(
+                f"{r.model}.{r.output} ({'required' if r.required else 'optional'})"
+                for r in model.requires
+            )
+            lines.append(f"{'':14s} uses: {needs}")
+        for key, opt in model.options_spec.items():
+            doc = f"  ({opt.doc})" if opt.doc else ""
+            lines.append(f"{'':14s} option {key} = {opt.default!r}: {opt.describe()}{doc}")
     return "\n".join(lines)
+
+
+def effective_options(given: dict[str, dict]) -> dict[str, dict]:
+    """Every model's options with the defaults filled in (what ``config.toml`` records)."""
+    from bids_app.models import REGISTRY
+
+    return {name: model.check_options(given.get(name, {})) for name, model in REGISTRY.items()}
 
 
 def build_config(ns) -> RunConfig:
@@ -73,7 +89,7 @@ def build_config(ns) -> RunConfig:
         models=tuple(ns.models or ()),
         derivatives=dict(ns.derivatives or []),
         bids_filters=ns.bids_filter_file or {},
-        model_options=load_model_options(ns.config),
+        model_options=effective_options(load_model_options(ns.config)),
         b1_policy=ns.b1,
         reference=ns.reference,
         nprocs=ns.nprocs,

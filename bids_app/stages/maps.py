@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bids_app import __version__, io
-from bids_app.bids.derivatives import bids_uri, naming_entities, write_image
+from bids_app.bids.derivatives import bids_uri, build_name, naming_entities, write_image
 from bids_app.bids.query import ModelRun
 from bids_app.errors import MetadataError
 from bids_app.models.base import QMRIFit, QMRIModel
@@ -57,6 +57,16 @@ def source_uri(ctx: SubjectContext, path: str, run: ModelRun) -> str:
 def io_relpath(path: str, root: str) -> str:
     """``path`` relative to a dataset ``root`` (POSIX)."""
     return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+
+
+def table_key(entities: dict[str, Any], suffix: str) -> str:
+    """The ``map`` column of the tables: the file name without subject, session, extension.
+
+    ``'T1map'`` and ``'desc-MTS_T1map'`` for one acquisition; ``'acq-ax_T1map'`` keeps two
+    acquisitions of one subject apart.
+    """
+    ents = {k: v for k, v in entities.items() if k not in ("subject", "session")}
+    return build_name(ents, suffix, "")
 
 
 def mask_on(ctx: SubjectContext, grid: Grid, first_volume: np.ndarray) -> np.ndarray:
@@ -181,7 +191,7 @@ def write_outputs(
         path = write_image(cfg.output_dir, datatype, e, spec.suffix, data, grid.affine, side)
         ctx.maps.append(
             MapRecord(
-                spec.key,
+                table_key(e, spec.suffix),
                 spec.units,
                 path,
                 run.model.name,
