@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bids_app.cli.run import main
-from bids_app.participant import STAGING
+from bids_app.staging import STAGING
 
 logger = logging.getLogger(__name__)
 

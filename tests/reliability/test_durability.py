@@ -28,13 +28,10 @@ import pandas as pd
 import pytest
 
 from bids_app.errors import OutputError
-from bids_app.participant import (
-    STAGING,
-    _close_stage,
-    _open_stage,
-    _publish,
-    remove_stale_stages,
-)
+from bids_app.staging import STAGING, remove_stale_stages
+from bids_app.staging import close_stage as _close_stage
+from bids_app.staging import open_stage as _open_stage
+from bids_app.staging import publish as _publish
 from tests.conftest import tree_digest
 from tests.reliability._durability_helpers import (
     PROCESS_TIMEOUT,
