@@ -15,13 +15,11 @@ import pandas as pd
 
 from bids_app.bids.derivatives import write_table
 from bids_app.errors import NoInputsError
-from bids_app.stages.tables import LESION_COLUMNS, REGION_COLUMNS
+from bids_app.schema import LESION_COLUMNS, REGION_COLUMNS, group_role
 
 logger = logging.getLogger(__name__)
 
 #: values of participants.tsv ``group`` read as patients / controls (case-insensitive)
-PATIENT_LABELS = {"patient", "patients", "ms", "pwms", "case", "cis", "rrms", "spms", "ppms"}
-CONTROL_LABELS = {"control", "controls", "hc", "healthy", "healthy_control", "ctrl"}
 SUMMARY_COLUMNS = {
     "map": REGION_COLUMNS["map"],
     "units": REGION_COLUMNS["units"],
@@ -69,12 +67,6 @@ def _participants(bids_dir: Path) -> pd.DataFrame | None:
         logger.warning("%s has no participant_id column; not joined", path)
         return None
     return table
-
-
-def group_role(value) -> str | None:
-    """'patient', 'control' or None for a ``group`` value of participants.tsv."""
-    v = str(value).strip().lower()
-    return "patient" if v in PATIENT_LABELS else "control" if v in CONTROL_LABELS else None
 
 
 def cohens_d(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,24 +32,11 @@ from scipy import ndimage as ndi
 from skimage import measure
 
 from bids_app.regions import CSF, GM, check_zooms
+from bids_app.schema import LESION_TABLE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-#: columns of :func:`lesion_table`, in order (CONTRACT 4.1 minus identifiers and units)
-LESION_COLUMNS = (
-    "lesion_id",
-    "volume_mm3",
-    "centroid_x",
-    "centroid_y",
-    "centroid_z",
-    "location",
-    "map",
-    "mean",
-    "median",
-    "std",
-    "core_mean",
-    "rim_mean",
-)
+LESION_COLUMNS = LESION_TABLE_COLUMNS  # columns of :func:`lesion_table`, in order
 _GEOMETRY = LESION_COLUMNS[:6]
 _MAP_STATS = LESION_COLUMNS[7:]
 

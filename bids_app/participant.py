@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bids_app.bids.derivatives import build_name, init_output
 from bids_app.bids.layout import make_layout, select_subjects
-from bids_app.bids.query import STRUCTURAL, find_volumes, resolve_model
+from bids_app.bids.query import STRUCTURAL, InputLayouts, find_volumes, resolve_model
 from bids_app.config import RunConfig
 from bids_app.errors import (
     MsqmriError,
@@ -23,6 +23,7 @@ from bids_app.errors import (
 from bids_app.models import REGISTRY
 from bids_app.stages import anatomy, maps, products, tables
 from bids_app.stages.context import SubjectContext
+from bids_app.stages.inventory import inventory
 from bids_app.staging import (
     STAGING,
     close_stage,
@@ -82,18 +83,27 @@ def _done_marker(out: Path, subject: str, session: str | None) -> Path:
 
 
 def run_subject(
-    cfg: RunConfig, layout, derivative_layouts, subject: str, session: str | None
+    cfg: RunConfig,
+    layout,
+    derivative_layouts,
+    subject: str,
+    session: str | None,
+    *,
+    pool=None,
 ) -> str:
     """Process one subject/session into ``cfg.output_dir`` (a staging root). Return status."""
-    ctx = SubjectContext(cfg, layout, derivative_layouts, subject, session)
+    ctx = SubjectContext(cfg, layout, derivative_layouts, subject, session, pool=pool)
     anatomy.choose_reference(ctx)
-    runs = []
-    for model in selected_models(cfg):
-        found = resolve_model(layout, model, subject, session, cfg.bids_filters)
+    runs, unpaired = [], []
+    layouts = InputLayouts(layout, derivative_layouts)
+    models = selected_models(cfg)
+    for model in models:
+        found = resolve_model(layouts, model, subject, session, cfg.bids_filters, unused=unpaired)
         if not found:
             ctx.skipped.append(f"{model.name}: no inputs")
             logger.debug("%s: %s skipped (no inputs)", ctx.label, model.name)
         runs += found
+    _log_inventory(ctx, runs, models, unpaired)
     if not runs and ctx.grid is None:
         logger.info("%s: skipped, no input of any selected model and no FLAIR/T1w/T2w", ctx.label)
         return NO_INPUTS
@@ -119,6 +129,30 @@ def run_subject(
             logger.warning("%s: report failed (see log)", ctx.label)
             logger.debug("report traceback", exc_info=True, extra={"file_only": True})
     return "ok"
+
+
+def _holdings(layout, units) -> str:
+    """``'anat/*_IRT1 (4), dwi/*_dwi (1)'``: the images of the selected subjects by kind."""
+    counts: dict[str, int] = {}
+    subjects = {sub for sub, _ in units}
+    for f in layout.get(subject=sorted(subjects), extension=[".nii", ".nii.gz"]):
+        ent = f.get_entities()
+        key = f"{ent.get('datatype', '?')}/*_{ent.get('suffix', '?')}"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))
+
+
+def _log_inventory(ctx: SubjectContext, runs, models, unpaired: list[str]) -> None:
+    """Log (and keep for the report) what each collection goes to, and what is not used."""
+    structural = [v.path for v in ctx.structural.values()]
+    used, unused = inventory(
+        ctx.layout, ctx.subject, ctx.session, runs, structural, models, REGISTRY
+    )
+    for line in used:
+        logger.info("%s: found %s", ctx.label, line)
+    for line in [*unpaired, *unused]:
+        logger.info("%s: not used: %s", ctx.label, line)
+        ctx.skipped.append(f"not used: {line}")
 
 
 def _input_queries() -> dict[str, dict]:
@@ -204,7 +238,8 @@ def run_participants(cfg: RunConfig) -> int:
     if statuses and all(s == NO_INPUTS for s in statuses):
         raise NoInputsError(
             f"{cfg.bids_dir}: no selected subject has inputs of the selected models "
-            f"({[m.name for m in selected_models(cfg)]}) nor a FLAIR/T1w/T2w image"
+            f"({[m.name for m in selected_models(cfg)]}) nor a FLAIR/T1w/T2w image; "
+            f"the selected subjects hold: {_holdings(layout, units) or 'no NIfTI image'}"
         )
     try:
         (cfg.output_dir / STAGING).rmdir()

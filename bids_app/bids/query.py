@@ -27,10 +27,11 @@ NIFTI = (".nii", ".nii.gz")
 #: entities that never identify a collection
 _NON_IDENTIFYING = {"suffix", "extension", "datatype"}
 #: structural images used as reference / for segmentation, by CONTRACT name
+#: (magnitude only: a ``part-phase`` T1w of a QSM protocol is not a structural image)
 STRUCTURAL = {
-    "FLAIR": {"datatype": "anat", "suffix": "FLAIR"},
-    "T1w": {"datatype": "anat", "suffix": "T1w", "ceagent": None},
-    "T2w": {"datatype": "anat", "suffix": "T2w"},
+    "FLAIR": {"datatype": "anat", "suffix": "FLAIR", "part": ["mag", None]},
+    "T1w": {"datatype": "anat", "suffix": "T1w", "ceagent": None, "part": ["mag", None]},
+    "T2w": {"datatype": "anat", "suffix": "T2w", "part": ["mag", None]},
 }
 
 

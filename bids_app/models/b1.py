@@ -47,6 +47,7 @@ from bids_app.models.base import (
     Option,
     OutputSpec,
     QMRIModel,
+    example_collection,
     register,
 )
 from bids_app.models.mt import _RoleError
@@ -246,6 +247,28 @@ class B1Model(QMRIModel):
             source="inferred from the median of the in-mask values",
         )
 
+    @classmethod
+    def example_collections(cls) -> Mapping[str, Collection]:
+        """An AFI pair: 60°, TR1/TR2 = 20/100 ms (Yarnykh 2007)."""
+        return {
+            "tb1afi": example_collection(
+                "tb1afi", FlipAngle=(60.0, 60.0), RepetitionTimeExcitation=(0.02, 0.1)
+            )
+        }
+
+    def simulate(self, n: int, rng: np.random.Generator):
+        """AFI signals in the ideal-spoiling, TR << T1 limit for B1 0.7-1.3 (AFI only)."""
+        if self.method != "tb1afi":
+            return None
+        b1 = rng.uniform(0.7, 1.3, n)
+        i, j = self.order
+        cos_a = np.cos(b1 * np.deg2rad(self.flip_angles[i]))
+        ratio = self.repetition_times[j] / self.repetition_times[i]
+        signal = np.empty((n, 2))
+        signal[:, i] = 1000.0
+        signal[:, j] = 1000.0 * (1 + ratio * cos_a) / (ratio + cos_a)  # r = (1 + n cos)/(n + cos)
+        return b1[:, None], signal, {}
+
     @property
     def acquisition(self) -> dict[str, Any]:
         """Method and parameters used, per volume in stacking order."""
@@ -288,5 +311,22 @@ class B1Model(QMRIModel):
         b1 = np.asarray(maps["B1"])
         dtype = b1.dtype if np.issubdtype(b1.dtype, np.floating) else np.float64
         fwhm = float(self.options["smoothing_fwhm_mm"])
+        inside = np.asarray(mask, dtype=bool)
+        trusted = np.isfinite(b1) & (b1 >= B1_RANGE[0]) & (b1 <= B1_RANGE[1])
+        n_filled = int((inside & ~trusted).sum())
+        if n_filled:
+            logger.warning(
+                "b1: %d of %d voxels in the mask are invalid (0, negative, NaN or outside %s) "
+                "and were filled from their neighbours",
+                n_filled,
+                int(inside.sum()),
+                list(B1_RANGE),
+            )
+        self.fit_notes = {
+            "NumberOfInvalidVoxelsFilled": n_filled,
+            "InvalidVoxelsFilledBy": (
+                f"mask-aware Gaussian smoothing (FWHM {fwhm:g} mm) of the valid voxels"
+            ),
+        }
         out["B1"] = smooth_fill_b1(b1, mask, zooms, fwhm_mm=fwhm).astype(dtype)
         return out

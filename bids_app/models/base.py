@@ -44,6 +44,7 @@ __all__ = [
     "QMRIModel",
     "Requirement",
     "Volume",
+    "example_collection",
     "get_model",
     "model_names",
     "register",
@@ -124,6 +125,8 @@ class QMRIModel(ABC):
 
     def __init__(self, **options: Any):
         self.options = self.check_options(options)
+        #: what the fit or its post-processing did that the sidecars must say (``FitNotes``)
+        self.fit_notes: dict[str, Any] = {}
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -363,6 +366,20 @@ def get_model(name: str) -> type[QMRIModel]:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; registered: {model_names()}") from None
+
+
+def example_collection(name: str, **params: tuple[Any, ...]) -> Collection:
+    """A :class:`Collection` of in-memory volumes with the given per-volume parameters.
+
+    For :meth:`QMRIModel.example_collections`: ``example_collection('vfa', FlipAngle=(3, 20),
+    RepetitionTimeExcitation=(0.015, 0.015))``.
+    """
+    n = len(next(iter(params.values())))
+    volumes = tuple(
+        Volume(f"example_{name}_{i}.nii.gz", {}, {k: v[i] for k, v in params.items()})
+        for i in range(n)
+    )
+    return Collection(name, volumes, {k: tuple(v) for k, v in params.items()}, {})
 
 
 @contextlib.contextmanager

@@ -33,7 +33,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bids_app.errors import MetadataError
-from bids_app.models._mt_physics import mtr, mtsat_exact, mtsat_helms, weiskopf2013_correction
+from bids_app.models._mt_physics import (
+    WEISKOPF_LAMBDA,
+    mtr,
+    mtsat_exact,
+    mtsat_helms,
+    weiskopf2013_correction,
+)
 from bids_app.models.base import (
     B1_REQUIREMENT,
     Collection,
@@ -42,6 +48,7 @@ from bids_app.models.base import (
     Option,
     OutputSpec,
     QMRIModel,
+    example_collection,
     register,
     sidecar_path,
     valid_b1,
@@ -206,6 +213,19 @@ class MTRModel(QMRIModel):
         except _RoleError as err:
             raise err.to_metadata_error(coll) from None
 
+    @classmethod
+    def example_collections(cls) -> Mapping[str, Collection]:
+        """An MT-off / MT-on pair."""
+        return {"mtr": example_collection("mtr", MTState=(False, True))}
+
+    def simulate(self, n: int, rng: np.random.Generator):
+        """MTR 0-60 percent, S_off 500-2000: ``(params, signal, {})``."""
+        ratio = rng.uniform(0, 60, n)
+        s_off = rng.uniform(500, 2000, n)
+        signal = np.empty((n, 2))
+        signal[:, self.i_off], signal[:, self.i_on] = s_off, s_off * (1 - ratio / 100)
+        return ratio[:, None], signal, {}
+
     @property
     def acquisition(self) -> dict[str, Any]:
         """``MTState`` per volume, in stacking order."""
@@ -297,6 +317,14 @@ class MTsatModel(QMRIModel):
         if min(self.flip_angles) <= 0 or min(self.repetition_times) <= 0:
             raise ValueError("flip angles and repetition times must be positive")
         self.tr_key = tr_key
+        if self.options["mt_b1_correction"] == "weiskopf2013":
+            self.fit_notes["MTB1Correction"] = {
+                "Formula": "MTsat_nominal = MTsat / B1^2; MTsat_nominal * (1 - L) / (1 - L * B1)",
+                "L": WEISKOPF_LAMBDA,
+                "AppliedOnlyWith": "a B1 map (B1Correction.Applied true)",
+                "Reference": "Weiskopf N et al. Front Neurosci 2013;7:95 (L calibrated on one "
+                "3 T MPM protocol and MT pulse)",
+            }
         self.roles = mts_roles(self.mt_states, self.flip_angles)
         i_pd, _, i_mt = self.roles
         self.has_mtr = bool(
@@ -341,6 +369,39 @@ class MTsatModel(QMRIModel):
             "MTState": list(self.mt_states),
             "VolumeRoles": roles,
         }
+
+    @classmethod
+    def example_collections(cls) -> Mapping[str, Collection]:
+        """The 3 T MPM-like protocol: PDw 5°, T1w 20°, MTw 5° with MT, TR 25 ms."""
+        return {
+            "mts": example_collection(
+                "mts",
+                FlipAngle=(5.0, 20.0, 5.0),
+                MTState=(False, False, True),
+                RepetitionTimeExcitation=(0.025, 0.025, 0.025),
+            )
+        }
+
+    def simulate(self, n: int, rng: np.random.Generator):
+        """Helms' steady state with saturation δ before each excitation (exact SPGR).
+
+        T1 0.6-3 s, M0 500-2000, δ 0.5-4 p.u., B1 0.8-1.2; ``(params, signal, {'b1'})``.
+        """
+        t1, m0 = rng.uniform(0.6, 3.0, n), rng.uniform(500, 2000, n)
+        delta, b1 = rng.uniform(0.005, 0.04, n), rng.uniform(0.8, 1.2, n)
+        signal = np.empty((n, 3))
+        for i, (flip, tr, on) in enumerate(
+            zip(self.flip_angles, self.repetition_times, self.mt_states, strict=True)
+        ):
+            a, e1 = np.deg2rad(flip) * b1, np.exp(-tr / t1)
+            x = 1 - delta if on else 1.0
+            signal[:, i] = m0 * np.sin(a) * x * (1 - e1) / (1 - x * e1 * np.cos(a))
+        params = np.full((n, len(self.outputs)), np.nan)
+        params[:, :4] = np.stack((100 * delta, t1, 1 / t1, m0), axis=-1)
+        if self.has_mtr:
+            i_pd, _, i_mt = self.roles
+            params[:, 4] = 100 * (signal[:, i_pd] - signal[:, i_mt]) / signal[:, i_pd]
+        return params, signal, {"b1": b1}
 
     def _fit_voxels(self, signal: np.ndarray, *, b1: np.ndarray | None = None) -> np.ndarray:
         b1 = valid_b1(b1)

@@ -32,6 +32,7 @@ from bids_app.models.base import (
     Option,
     OutputSpec,
     QMRIModel,
+    example_collection,
     register,
     valid_b1,
 )
@@ -167,6 +168,23 @@ class VFAT1Model(QMRIModel):
         with np.errstate(all="ignore"):
             return np.stack((1 / r1, r1, m0), axis=-1)
 
+    @classmethod
+    def example_collections(cls) -> Mapping[str, Collection]:
+        """A 3 T DESPOT1 protocol: flip angles 3° and 20°, TR 15 ms."""
+        return {
+            "vfa": example_collection(
+                "vfa", FlipAngle=(3.0, 20.0), **{"RepetitionTimeExcitation": (0.015, 0.015)}
+            )
+        }
+
+    def simulate(self, n: int, rng: np.random.Generator):
+        """Brain T1 0.6-4 s, M0 500-2000, B1 0.8-1.2: ``(params, signal, {'b1': ...})``."""
+        t1 = rng.uniform(0.6, 4.0, n)
+        m0 = rng.uniform(500, 2000, n)
+        b1 = rng.uniform(0.8, 1.2, n)
+        params = np.stack((t1, 1 / t1, m0), axis=-1)
+        return params, self.predict(params, b1=b1), {"b1": b1}
+
     def predict(self, params: np.ndarray, b1: np.ndarray | None = None) -> np.ndarray:
         """SPGR signal (n, m) from params (n, 3) = (T1, R1, M0)."""
         params = np.atleast_2d(params)
@@ -228,6 +246,24 @@ class _MonoExpModel(QMRIModel):
             cols = {"rate": rate, "time": 1 / rate, "s0": s0}
         return np.stack([cols[c] for c in self._columns], axis=-1)
 
+    #: plausible decay times (s) for :meth:`simulate`
+    _example_times: ClassVar[tuple[float, float]] = (0.02, 0.15)
+    _example_te: ClassVar[tuple[float, ...]] = (0.01, 0.02, 0.03, 0.04)
+
+    @classmethod
+    def example_collections(cls) -> Mapping[str, Collection]:
+        """Four echoes (:attr:`_example_te`)."""
+        return {
+            cls.inputs[0].name: example_collection(cls.inputs[0].name, EchoTime=cls._example_te)
+        }
+
+    def simulate(self, n: int, rng: np.random.Generator):
+        """Decay times in :attr:`_example_times`, S0 500-2000: ``(params, signal, {})``."""
+        time = rng.uniform(*self._example_times, n)
+        cols = {"rate": 1 / time, "time": time, "s0": rng.uniform(500, 2000, n)}
+        params = np.stack([cols[c] for c in self._columns], axis=-1)
+        return params, self.predict(params), {}
+
     def predict(self, params: np.ndarray) -> np.ndarray:
         """Decay (n, m) at every echo, dropped ones included, from params (n, 3)."""
         params = np.atleast_2d(params)
@@ -255,6 +291,8 @@ class MEGRER2starModel(_MonoExpModel):
     )
     # magnitude only: volumes with ``part-mag`` or without a ``part`` entity
     inputs = (_echo_input("megre", "MEGRE", (1e-4, 0.2), part=["mag", None]),)
+    _example_times = (0.01, 0.08)
+    _example_te = (0.004, 0.008, 0.012, 0.016, 0.02, 0.024)
     outputs = (
         OutputSpec("R2star", "R2starmap", "1/s", valid_range=(0.5, 1000)),
         OutputSpec("T2star", "T2starmap", "s", valid_range=(0.001, 2)),
@@ -285,6 +323,8 @@ class MESET2Model(_MonoExpModel):
         "Milford D et al. PLoS One 2015;10:e0145255 (mono-exponential MESE T2, first echo)"
     )
     inputs = (_echo_input("mese", "MESE", (1e-3, 1.0)),)
+    _example_times = (0.04, 0.3)
+    _example_te = tuple(0.01 * k for k in range(1, 9))
     outputs = (
         OutputSpec("T2", "T2map", "s", valid_range=(0.005, 5)),
         OutputSpec("R2", "R2map", "1/s", valid_range=(0.2, 200)),

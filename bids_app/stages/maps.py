@@ -159,6 +159,7 @@ def provenance(
         "AcquisitionParameters": model.acquisition,
         "MetadataKeysUsed": {c.name: dict(c.sources) for c in run.collections.values()},
         **requirements,
+        **({"FitNotes": dict(model.fit_notes)} if getattr(model, "fit_notes", None) else {}),
         "BrainMask": ctx.brain_mask_source or "positive signal of the first volume",
     }
 

@@ -9,43 +9,10 @@ import numpy as np
 from bids_app import lesions, regions
 from bids_app.bids.derivatives import bids_uri, build_name, subject_dir, write_image, write_table
 from bids_app.io import save_text
+from bids_app.schema import LESION_COLUMNS, REGION_COLUMNS
 from bids_app.stages.context import SubjectContext
 
 logger = logging.getLogger(__name__)
-
-REGION_COLUMNS = {
-    "participant_id": "BIDS participant label (sub-<label>)",
-    "session_id": "BIDS session label (ses-<label>), n/a without sessions",
-    "map": "map name: BIDS suffix, with desc-<label>_ when the suffix alone is ambiguous",
-    "units": "units of the map (CONTRACT section 4)",
-    "space": "space of the maps and masks the statistics were computed in",
-    "region": "lesion, NAWM, NAGM, WM, GM, CSF, perilesional_<k>mm",
-    "n_voxels": "voxels in the region",
-    "volume_mm3": "region volume in mm^3",
-    "mean": "mean of the finite map values in the region",
-    "median": "median of the finite map values",
-    "std": "standard deviation of the finite map values",
-    "p05": "5th percentile",
-    "p95": "95th percentile",
-    "n_invalid": "region voxels where the map is not finite (outside the fit or valid range)",
-}
-LESION_COLUMNS = {
-    "participant_id": REGION_COLUMNS["participant_id"],
-    "session_id": REGION_COLUMNS["session_id"],
-    "lesion_id": "integer label of the lesion in the desc-lesions_dseg image",
-    "volume_mm3": "lesion volume in mm^3",
-    "centroid_x": "lesion centroid, world x (mm, scanner RAS)",
-    "centroid_y": "lesion centroid, world y (mm)",
-    "centroid_z": "lesion centroid, world z (mm)",
-    "location": "periventricular, juxtacortical, infratentorial or deep_white_matter",
-    "map": REGION_COLUMNS["map"],
-    "units": REGION_COLUMNS["units"],
-    "mean": "mean of the map in the lesion",
-    "median": "median of the map in the lesion",
-    "std": "standard deviation of the map in the lesion",
-    "core_mean": "mean in the lesion core (farther than the rim width from the border)",
-    "rim_mean": "mean in the lesion rim (within the rim width of the border)",
-}
 
 
 def write_masks(
