@@ -14,6 +14,7 @@ with non-integer values or an unreadable ``.tsv``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -195,47 +196,53 @@ def _dseg_codes(path: str) -> dict[int, int]:
     }
 
 
-def find_masks(ctx: SubjectContext) -> None:
-    """Brain mask, tissue classes and lesion mask on the reference grid (provided first).
+@dataclass(frozen=True)
+class Mask:
+    """A mask, label or tissue image on the reference grid and where it came from."""
 
-    A provided lesion mask may be binary, integer multi-label (non-zero is lesion) or
-    probabilistic in [0, 1] (lesion where p >= 0.5); it is stored binary (0/1 float32).
+    data: np.ndarray
+    source: str
+    path: str | None = None
 
-    Raises
-    ------
-    MetadataError
-        Bad reference image or provided mask (see the module docstring), exit 65.
-    """
-    grid = ctx.grid
-    ref_data = io.read_data(io.load_image(ctx.reference_path), ctx.reference_path)
 
+def provided_brain(ctx: SubjectContext) -> Mask | None:
+    """The first ``*_desc-brain_mask`` of the ``--derivatives`` datasets, on the grid."""
     brain = _derivative_files(ctx, {"suffix": "mask", "desc": "brain"})
-    if brain:
-        name, vol = brain[0]
-        ctx.brain_mask = _provided_on_grid(vol.path, ctx) > 0.5
-        ctx.brain_mask_source = f"provided: bids:{name}:{Path(vol.path).name}"
-        where = vol.path
-    else:
-        try:
-            ctx.brain_mask, method = segmentation.brain_mask(ref_data, zooms=grid.zooms)
-        except ValueError as err:
-            raise MetadataError(ctx.reference_path, "data", str(err), _NEEDS_CONTRAST) from None
-        ctx.brain_mask_source = f"computed on {Path(ctx.reference_path).name}: {method}"
-        where = ctx.reference_path
-    if not ctx.brain_mask.any():
-        raise MetadataError(where, "brain mask", "0 voxels", _NEEDS_CONTRAST)
+    if not brain:
+        return None
+    name, vol = brain[0]
+    data = _provided_on_grid(vol.path, ctx) > 0.5
+    return Mask(data, f"provided: bids:{name}:{Path(vol.path).name}", vol.path)
 
+
+def computed_brain(ctx: SubjectContext, ref_data: np.ndarray) -> Mask:
+    """A brain mask computed on the reference image (:func:`segmentation.brain_mask`)."""
+    try:
+        data, method = segmentation.brain_mask(ref_data, zooms=ctx.grid.zooms)
+    except ValueError as err:
+        raise MetadataError(ctx.reference_path, "data", str(err), _NEEDS_CONTRAST) from None
+    name = Path(ctx.reference_path).name
+    return Mask(data, f"computed on {name}: {method}", ctx.reference_path)
+
+
+def provided_lesion(ctx: SubjectContext) -> Mask | None:
+    """A ``label-lesion``/``label-WMH``/``desc-lesion`` mask, binarised, on the grid."""
     lesion = _derivative_files(
         ctx, {"suffix": "mask", "label": ["lesion", "WMH"]}
     ) or _derivative_files(ctx, {"suffix": "mask", "desc": "lesion"})
-    dsegs = _derivative_files(ctx, {"suffix": "dseg"})
-    if lesion:
-        name, vol = lesion[0]
-        data, affine = _read_mask(vol.path)
-        binary = _binary_lesion_mask(vol.path, data)
-        ctx.lesion_mask = _mask_on_grid(vol.path, binary, affine, ctx)
-        ctx.lesion_source = f"provided: bids:{name}:{Path(vol.path).name}"
-    for name, vol in dsegs:
+    if not lesion:
+        return None
+    name, vol = lesion[0]
+    data, affine = _read_mask(vol.path)
+    binary = _binary_lesion_mask(vol.path, data)
+    on_grid = _mask_on_grid(vol.path, binary, affine, ctx)
+    return Mask(on_grid, f"provided: bids:{name}:{Path(vol.path).name}", vol.path)
+
+
+def from_dsegs(ctx: SubjectContext) -> tuple[Mask | None, Mask | None]:
+    """Lesion and tissue from the first ``_dseg`` images that hold them (``.tsv`` names)."""
+    lesion = tissue_mask = None
+    for name, vol in _derivative_files(ctx, {"suffix": "dseg"}):
         codes = _dseg_codes(vol.path)
         data, affine = _read_mask(vol.path)
         finite = data[np.isfinite(data)]
@@ -244,49 +251,84 @@ def find_masks(ctx: SubjectContext) -> None:
                 vol.path, "values", "non-integer", "integer labels listed in the _dseg.tsv"
             )
         labels = np.nan_to_num(_mask_on_grid(vol.path, data, affine, ctx)).astype(np.int32)
-        tissue = np.zeros(grid.shape, np.uint8)
+        tissue = np.zeros(ctx.grid.shape, np.uint8)
         for idx, code in codes.items():
             tissue[labels == idx] = code
-        if ctx.lesion_mask is None and (tissue == 4).any():
-            ctx.lesion_mask = (tissue == 4).astype(np.float32)
-            ctx.lesion_source = f"provided: bids:{name}:{Path(vol.path).name} (lesion label)"
-        if ctx.tissue is None and np.isin(tissue, (1, 2)).any():
+        source = f"provided: bids:{name}:{Path(vol.path).name}"
+        if lesion is None and (tissue == 4).any():
+            lesion = Mask((tissue == 4).astype(np.float32), f"{source} (lesion label)", vol.path)
+        if tissue_mask is None and np.isin(tissue, (1, 2)).any():
             tissue[tissue == 4] = 2
-            ctx.tissue = tissue
-            ctx.tissue_source = f"provided: bids:{name}:{Path(vol.path).name}"
-    if ctx.tissue is None:
-        probs = {
-            lab: _derivative_files(ctx, {"suffix": "probseg", "label": lab})
-            for lab in ("GM", "WM", "CSF")
-        }
-        if all(probs.values()):
-            stack = np.stack(
-                [_provided_on_grid(probs[k][0][1].path, ctx) for k in ("GM", "WM", "CSF")],
-                axis=-1,
-            )
-            tissue = (np.argmax(stack, axis=-1) + 1).astype(np.uint8)
-            tissue[stack.max(axis=-1) < 0.5] = 0
-            ctx.tissue = tissue
-            ctx.tissue_source = f"provided: {probs['WM'][0][0]} probseg (argmax, p >= 0.5)"
+            tissue_mask = Mask(tissue, source, vol.path)
+    return lesion, tissue_mask
 
-    if ctx.lesion_mask is not None:
-        ctx.lesion_mask = np.asarray(ctx.lesion_mask, dtype=np.float32)
+
+def provided_probseg(ctx: SubjectContext) -> Mask | None:
+    """Tissue from ``label-{GM,WM,CSF}_probseg`` (argmax where the maximum is >= 0.5)."""
+    probs = {
+        lab: _derivative_files(ctx, {"suffix": "probseg", "label": lab})
+        for lab in ("GM", "WM", "CSF")
+    }
+    if not all(probs.values()):
+        return None
+    stack = np.stack(
+        [_provided_on_grid(probs[k][0][1].path, ctx) for k in ("GM", "WM", "CSF")], axis=-1
+    )
+    tissue = (np.argmax(stack, axis=-1) + 1).astype(np.uint8)
+    tissue[stack.max(axis=-1) < 0.5] = 0
+    return Mask(tissue, f"provided: {probs['WM'][0][0]} probseg (argmax, p >= 0.5)")
+
+
+def computed_tissue(
+    ctx: SubjectContext, ref_data: np.ndarray, brain: np.ndarray, lesion: np.ndarray | None
+) -> Mask:
+    """Tissue classes computed on the T1w (else the reference), lesions excluded."""
+    seg_name = "T1w" if "T1w" in ctx.structural else ctx.reference_name
+    seg_path = ctx.structural[seg_name].path
+    seg_img = _load_on_grid(seg_path, ctx.grid) if seg_path != ctx.reference_path else ref_data
+    exclude = lesion > 0.5 if lesion is not None else None
+    try:
+        tissue, method = segmentation.segment_tissue(
+            seg_img, brain, contrast=seg_name, exclude=exclude
+        )
+    except ValueError as err:
+        raise MetadataError(seg_path, "data", str(err), _NEEDS_CONTRAST) from None
+    return Mask(tissue, f"computed on {Path(seg_path).name}: {method}", seg_path)
+
+
+def find_masks(ctx: SubjectContext) -> None:
+    """Brain mask, tissue classes and lesion mask on the reference grid (provided first).
+
+    The steps, each with a typed result (:class:`Mask`): brain (provided, else computed),
+    lesion (a provided mask, else a dseg lesion label, else none yet), tissue (a dseg, else
+    probsegs, else computed with the lesions excluded). A provided lesion mask may be binary,
+    integer multi-label (non-zero is lesion) or probabilistic in [0, 1] (lesion where
+    p >= 0.5); it is stored binary (0/1 float32).
+
+    Raises
+    ------
+    MetadataError
+        Bad reference image or provided mask (see the module docstring), exit 65.
+    """
+    ref_data = io.read_data(io.load_image(ctx.reference_path), ctx.reference_path)
+    brain = provided_brain(ctx) or computed_brain(ctx, ref_data)
+    if not brain.data.any():
+        raise MetadataError(brain.path, "brain mask", "0 voxels", _NEEDS_CONTRAST)
+    ctx.brain_mask, ctx.brain_mask_source = brain.data, brain.source
+
+    lesion = provided_lesion(ctx)
+    dseg_lesion, tissue = from_dsegs(ctx)
+    lesion = lesion or dseg_lesion
+    tissue = tissue or provided_probseg(ctx)
+    if lesion is not None:
+        ctx.lesion_mask = np.asarray(lesion.data, dtype=np.float32)
+        ctx.lesion_source = lesion.source
     else:
         ctx.lesion_source = (
             "none: no lesion mask provided (built-in lesion segmentation is not available yet)"
         )
         logger.info("%s: no lesion mask in --derivatives; lesion regions are empty", ctx.label)
-
-    if ctx.tissue is None:
-        seg_name = "T1w" if "T1w" in ctx.structural else ctx.reference_name
-        seg_path = ctx.structural[seg_name].path
-        seg_img = _load_on_grid(seg_path, grid) if seg_path != ctx.reference_path else ref_data
-        exclude = ctx.lesion_mask > 0.5 if ctx.lesion_mask is not None else None
-        try:
-            ctx.tissue, method = segmentation.segment_tissue(
-                seg_img, ctx.brain_mask, contrast=seg_name, exclude=exclude
-            )
-        except ValueError as err:
-            raise MetadataError(seg_path, "data", str(err), _NEEDS_CONTRAST) from None
-        ctx.tissue_source = f"computed on {Path(seg_path).name}: {method}"
-    ctx.tissue = np.where(ctx.brain_mask, ctx.tissue, 0).astype(np.uint8)
+    if tissue is None:
+        tissue = computed_tissue(ctx, ref_data, ctx.brain_mask, ctx.lesion_mask)
+    ctx.tissue = np.where(ctx.brain_mask, tissue.data, 0).astype(np.uint8)
+    ctx.tissue_source = tissue.source
