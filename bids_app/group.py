@@ -15,6 +15,7 @@ import pandas as pd
 
 from bids_app.bids.derivatives import write_table
 from bids_app.errors import NoInputsError
+from bids_app.reports.html import group_report
 from bids_app.schema import LESION_COLUMNS, REGION_COLUMNS, group_role
 
 logger = logging.getLogger(__name__)
@@ -180,8 +181,6 @@ def run_group(bids_dir: Path, out: Path, *, reports: bool = True) -> int:
     )
     if reports:
         try:
-            from bids_app.reports.html import group_report
-
             group_report(out, regions, summary, lesions)
         except Exception:
             logger.warning("group report failed (see log)")

@@ -21,6 +21,7 @@ from bids_app.errors import (
     UsageError,
 )
 from bids_app.models import REGISTRY
+from bids_app.models.fitting import FitPool
 from bids_app.stages import anatomy, maps, products, tables
 from bids_app.stages.context import SubjectContext
 from bids_app.stages.inventory import inventory
@@ -201,40 +202,46 @@ def run_participants(cfg: RunConfig) -> int:
     init_output(cfg.output_dir, cfg.bids_dir)
     remove_stale_stages(cfg.output_dir)
     codes, statuses = [], []
-    for subject, session in units:
-        label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
-        if not cfg.overwrite and _done_marker(cfg.output_dir, subject, session).exists():
-            logger.info("%s: outputs exist, skipped (use --overwrite to recompute)", label)
-            statuses.append("ok")
-            codes.append(0)
-            continue
-        # staging lives inside OUTPUT_DIR so the final move is an atomic rename
-        stage, lock_fd = None, None
-        try:
-            stage, lock_fd = open_stage(cfg.output_dir, label)
-            status = run_subject(replace(cfg, output_dir=stage), layout, deriv, subject, session)
-            # the report first: a run killed in between leaves no trusted subject folder, so
-            # the rerun redoes the subject and its report (the other order could lose it)
-            move_reports(stage, cfg.output_dir)
-            publish(stage, cfg.output_dir, subject, session)
-            statuses.append(status)
-            codes.append(0)
-        except MsqmriError as err:
-            logger.error("%s: %s", label, err)
-            codes.append(err.exit_code)
-            statuses.append("failed")
-        except OSError as err:
-            logger.error("%s: %s", label, OutputError(str(err)))
-            codes.append(OutputError.exit_code)
-            statuses.append("failed")
-        except Exception as err:
-            logger.error("%s: unexpected error (a bug; traceback in the log file): %r", label, err)
-            logger.debug("traceback", exc_info=True, extra={"file_only": True})
-            codes.append(1)
-            statuses.append("failed")
-        finally:
-            if stage is not None:
-                close_stage(stage, lock_fd)
+    # one worker pool for every fit of every subject of this run (not one per fit)
+    with FitPool(cfg.nprocs) as pool:
+        for subject, session in units:
+            label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+            if not cfg.overwrite and _done_marker(cfg.output_dir, subject, session).exists():
+                logger.info("%s: outputs exist, skipped (use --overwrite to recompute)", label)
+                statuses.append("ok")
+                codes.append(0)
+                continue
+            # staging lives inside OUTPUT_DIR so the final move is an atomic rename
+            stage, lock_fd = None, None
+            try:
+                stage, lock_fd = open_stage(cfg.output_dir, label)
+                status = run_subject(
+                    replace(cfg, output_dir=stage), layout, deriv, subject, session, pool=pool
+                )
+                # the report first: a run killed in between leaves no trusted subject folder, so
+                # the rerun redoes the subject and its report (the other order could lose it)
+                move_reports(stage, cfg.output_dir)
+                publish(stage, cfg.output_dir, subject, session)
+                statuses.append(status)
+                codes.append(0)
+            except MsqmriError as err:
+                logger.error("%s: %s", label, err)
+                codes.append(err.exit_code)
+                statuses.append("failed")
+            except OSError as err:
+                logger.error("%s: %s", label, OutputError(str(err)))
+                codes.append(OutputError.exit_code)
+                statuses.append("failed")
+            except Exception as err:
+                logger.error(
+                    "%s: unexpected error (a bug; traceback in the log file): %r", label, err
+                )
+                logger.debug("traceback", exc_info=True, extra={"file_only": True})
+                codes.append(1)
+                statuses.append("failed")
+            finally:
+                if stage is not None:
+                    close_stage(stage, lock_fd)
     if statuses and all(s == NO_INPUTS for s in statuses):
         raise NoInputsError(
             f"{cfg.bids_dir}: no selected subject has inputs of the selected models "

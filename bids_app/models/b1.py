@@ -39,6 +39,7 @@ from bids_app.models._b1_physics import (
     scale_from_units,
     smooth_fill_b1,
 )
+from bids_app.models._mt_roles import _RoleError
 from bids_app.models.base import (
     B1_RANGE,
     Collection,
@@ -50,7 +51,6 @@ from bids_app.models.base import (
     example_collection,
     register,
 )
-from bids_app.models.mt import _RoleError
 
 logger = logging.getLogger(__name__)
 

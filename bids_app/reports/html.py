@@ -13,6 +13,7 @@ from bids_app.bids.derivatives import build_name, subject_dir
 from bids_app.io import save_text
 from bids_app.reports.figures import mosaic, svg_figure
 from bids_app.reports.plots import dot_plot
+from bids_app.schema import group_role
 
 #: regions plotted in the group report
 PLOT_REGIONS = ("lesion", "NAWM", "NAGM")
@@ -59,7 +60,10 @@ def participant_report(ctx) -> Path:
             svg_figure(mosaic(data, outline=ol), html.escape(f"{rec.key} [{rec.units}]")),
         )
         rel = (figdir / name).relative_to(out).as_posix()
-        parts.append(f"<h3>{html.escape(rec.key)}</h3><img src='{rel}' alt='{rec.key}'>")
+        parts.append(
+            f"<h3>{html.escape(rec.key)}</h3>"
+            f'<img src="{html.escape(rel, quote=True)}" alt="{html.escape(rec.key, quote=True)}">'
+        )
     stats = subject_dir(out, ents, "") / build_name(dict(ents, desc="regions"), "stats", ".tsv")
     if stats.is_file():
         df = pd.read_csv(stats, sep="\t", na_values="n/a", keep_default_na=False)
@@ -71,8 +75,6 @@ def participant_report(ctx) -> Path:
 
 def _region_plots(regions: pd.DataFrame) -> list[str]:
     """One dot plot per map: lesion, NAWM, NAGM subject means by group."""
-    from bids_app.group import group_role
-
     df = regions[regions["region"].isin(PLOT_REGIONS)].copy()
     roles = df["group"].map(group_role) if "group" in df.columns else None
     df["_role"] = roles if roles is not None else None

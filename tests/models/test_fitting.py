@@ -6,6 +6,11 @@ expected value is exact: the driver must not change what the solver returns.
 
 from __future__ import annotations
 
+import pickle
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,7 +18,15 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from bids_app.models.base import OutputSpec, QMRIFit, QMRIModel
-from bids_app.models.fitting import fit_masked
+from bids_app.models.fitting import (
+    IN_FLIGHT_PER_WORKER,
+    FitPool,
+    _as_completed_bounded,
+    _fit_chunk_pickled,
+    _iter_chunks,
+    _unpickle_model,
+    fit_masked,
+)
 
 DESIGN = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 4.0]])
 
@@ -224,3 +237,159 @@ def test_option_validation_lists_valid_names():
         ToyLinearModel(solver="qr")
     with pytest.raises(ValueError, match="unknown option"):
         ToyLinearModel(method="pinv")
+
+
+# --- streaming, bounded in-flight chunks and a shared worker pool ---------------------------
+
+
+class _CountingExecutor:
+    """In-process stand-in for a process pool: threads, counting outstanding submissions."""
+
+    def __init__(self, workers):
+        self._threads = ThreadPoolExecutor(workers)
+        self._lock = threading.Lock()
+        self.outstanding = self.max_outstanding = self.submitted = 0
+        self.payloads = set()
+
+    def submit(self, fn, *args):
+        with self._lock:
+            self.submitted += 1
+            self.outstanding += 1
+            self.max_outstanding = max(self.max_outstanding, self.outstanding)
+        self.payloads.add(id(args[0]))
+        future = self._threads.submit(fn, *args)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _):
+        with self._lock:
+            self.outstanding -= 1
+
+
+class _ThreadPool:
+    """Duck-typed :class:`FitPool` whose executor is a :class:`_CountingExecutor`."""
+
+    def __init__(self, nprocs):
+        self.nprocs = nprocs
+        self.counting = _CountingExecutor(nprocs)
+
+    def executor(self):
+        return self.counting
+
+
+def test_iter_chunks_is_lazy_and_converts_per_chunk(rng):
+    flat = rng.normal(size=(23, 4)).astype(np.float32)
+    idx = np.array([0, 2, 3, 5, 8, 13, 21])
+    cov = {"offset": np.arange(23, dtype=np.float32)}
+    gen = _iter_chunks(flat, idx, cov, 3)
+    assert isinstance(gen, Iterator)
+    chunks = list(gen)
+    assert [c.tolist() for c, _, _ in chunks] == [[0, 2, 3], [5, 8, 13], [21]]
+    for chunk, signal, c in chunks:
+        assert signal.dtype == np.float64
+        assert c["offset"].dtype == np.float64
+        assert_array_equal(signal, flat[chunk].astype(np.float64))
+        assert_array_equal(c["offset"], chunk)
+    assert list(_iter_chunks(flat, idx[:0], cov, 3)) == []
+
+
+def test_bounded_helper_never_exceeds_in_flight():
+    bound, n_jobs = 3, 40
+    pulled = 0
+
+    def jobs():
+        nonlocal pulled
+        for i in range(n_jobs):
+            pulled += 1
+            yield i, (i,)
+
+    consumed = []
+    with ThreadPoolExecutor(2) as ex:
+        for key, result in _as_completed_bounded(
+            partial(ex.submit, lambda x: x * x), jobs(), bound
+        ):
+            assert pulled - len(consumed) <= bound  # submitted but not yet consumed
+            assert result == key * key
+            consumed.append(key)
+    assert sorted(consumed) == list(range(n_jobs))
+
+
+def test_bounded_helper_stops_pulling_after_an_error():
+    pulled = 0
+
+    def jobs():
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield i, (i,)
+
+    def fail(i):
+        raise ZeroDivisionError(i)
+
+    with ThreadPoolExecutor(1) as ex, pytest.raises(ZeroDivisionError):
+        list(_as_completed_bounded(partial(ex.submit, fail), jobs(), 4))
+    assert pulled <= 4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_fit_bounded_and_bit_identical(volume, rng, dtype):
+    _, data = volume
+    noisy = (data + rng.normal(0, 0.1, data.shape)).astype(dtype)
+    offset = rng.normal(0, 1, data.shape[:-1])
+    mask = rng.random(data.shape[:-1]) > 0.2
+    kw = {"mask": mask, "covariates": {"offset": offset}, "chunk_size": 11}
+    serial = fit_masked(ToyLinearModel(), noisy, **kw)
+    fake = _ThreadPool(2)
+    streamed = fit_masked(ToyLinearModel(), noisy, pool=fake, **kw)
+    assert_array_equal(streamed.params, serial.params)
+    assert_array_equal(streamed.rmse, serial.rmse)
+    assert fake.counting.submitted == -(-int(mask.sum()) // 11)
+    assert fake.counting.max_outstanding <= IN_FLIGHT_PER_WORKER * 2
+    assert len(fake.counting.payloads) == 1  # the model is pickled once per fit
+    if dtype is np.float32:  # float32 data is converted chunk by chunk, exactly as float64
+        assert_array_equal(
+            serial.params, fit_masked(ToyLinearModel(), noisy.astype(float), **kw).params
+        )
+
+
+def test_model_unpickled_once_per_worker(volume):
+    _, data = volume
+    signal = data.reshape(-1, 4)[:5]
+    payload = pickle.dumps(ToyLinearModel())
+    _unpickle_model.cache_clear()
+    first = _fit_chunk_pickled(payload, signal, {})
+    second = _fit_chunk_pickled(payload, signal, {})
+    assert _unpickle_model.cache_info().misses == 1
+    assert _unpickle_model.cache_info().hits == 1
+    assert_array_equal(first[0], second[0])
+
+
+def test_shared_fit_pool_serves_consecutive_fits(volume, rng):
+    _, data = volume
+    noisy = (data + rng.normal(0, 0.1, data.shape)).astype(np.float32)
+    offset = rng.normal(0, 1, data.shape[:-1])
+    kw = {"covariates": {"offset": offset}, "chunk_size": 17}
+    serial = fit_masked(ToyLinearModel(), noisy, **kw)
+    serial_np = fit_masked(NoPredictModel(), noisy, chunk_size=23)
+    with FitPool(2) as pool:
+        assert not pool.started
+        one = fit_masked(ToyLinearModel(), noisy, pool=pool, **kw)
+        executor = pool.executor()
+        two = fit_masked(NoPredictModel(), noisy, pool=pool, chunk_size=23)
+        assert pool.executor() is executor  # one pool served both fits
+    assert not pool.started
+    assert_array_equal(one.params, serial.params)
+    assert_array_equal(one.rmse, serial.rmse)
+    assert_array_equal(two.params, serial_np.params)
+    assert two.rmse is None
+
+
+def test_fit_pool_not_started_when_not_needed(volume):
+    _, data = volume
+    with FitPool(1) as single:
+        fit_masked(ToyLinearModel(), data, pool=single, chunk_size=7)
+        assert not single.started
+    with FitPool(2) as pool:
+        fit_masked(ToyLinearModel(), data, pool=pool)  # one chunk: in this process
+        assert not pool.started
+    assert repr(pool) == "FitPool(nprocs=2, started=False)"
