@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_app.errors import MetadataError, OutputError
+from bids_app.nifti_data import array_from_bytes, read_checked_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ logger = logging.getLogger(__name__)
 MAX_VOXELS = 2_000_000_000
 #: affines of one collection must agree to this many mm
 AFFINE_ATOL = 1e-3
-#: bytes read (and decompressed) at a time when checking a gzip stream
-_CHUNK = 1 << 20
-#: zlib ``wbits`` for the gzip container (header and CRC-32/length trailer checked)
-_GZIP_WBITS = zlib.MAX_WBITS | 16
 
 
 def load_image(path: str | Path) -> nib.Nifti1Image:
@@ -82,85 +79,6 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
     return img
 
 
-def _gzip_length(path: Path) -> int:
-    """Uncompressed length of a gzip file, checking every member's CRC, in bounded memory.
-
-    The output is produced and discarded in chunks of at most :data:`_CHUNK` bytes, so neither
-    a header that lies about the image size nor a "zip bomb" makes this allocate much.
-    Several gzip members and zero padding after the last one are accepted (as ``gzip -d``).
-
-    Raises
-    ------
-    MetadataError
-        Truncated stream or corrupt data (bad CRC or length, invalid deflate blocks).
-    """
-    total = 0
-    with open(path, "rb") as f:
-        try:
-            dec = zlib.decompressobj(_GZIP_WBITS)
-            data = f.read(_CHUNK)
-            while True:
-                while data and not dec.eof:
-                    total += len(dec.decompress(data, _CHUNK))
-                    data = dec.unconsumed_tail
-                if dec.eof:
-                    data = dec.unused_data or f.read(_CHUNK)
-                    if not data.strip(b"\0"):  # end of file, or zero padding up to it
-                        while data:
-                            if data.strip(b"\0"):
-                                raise zlib.error("data after the zero padding")
-                            data = f.read(_CHUNK)
-                        return total
-                    dec = zlib.decompressobj(_GZIP_WBITS)  # the next gzip member
-                    continue
-                data = f.read(_CHUNK)
-                if not data:
-                    total += len(dec.flush())
-                    if dec.eof:
-                        return total
-                    raise MetadataError(
-                        str(path),
-                        "data",
-                        f"gzip stream ending after {total} bytes",
-                        "a complete gzip stream (the file is truncated: an interrupted copy "
-                        "or download?)",
-                    )
-        except zlib.error as err:
-            raise MetadataError(
-                str(path),
-                "data",
-                f"corrupt gzip stream ({err})",
-                "intact compressed data (CRC and length checks of gzip)",
-            ) from None
-
-
-def check_data_size(img: nib.Nifti1Image, path: str | Path) -> None:
-    """Check that the file holds all the data its header declares, before reading any of it.
-
-    A ``.nii.gz`` is decompressed once in bounded memory (checking the gzip CRC, which nibabel
-    does not: it stops reading at the declared size, so corrupt blocks would give silently
-    wrong voxels); a ``.nii`` is checked by its size.
-
-    Raises
-    ------
-    MetadataError
-        Truncated or corrupt file, or a header declaring more data than the file holds.
-    """
-    p = Path(path)
-    offset = int(getattr(img.dataobj, "offset", 0))
-    n_bytes = int(np.prod(img.shape, dtype=np.float64)) * img.get_data_dtype().itemsize
-    expected = offset + n_bytes
-    actual = _gzip_length(p) if p.name.endswith(".gz") else p.stat().st_size
-    if actual < expected:
-        raise MetadataError(
-            str(p),
-            "data size",
-            f"{actual} bytes",
-            f"{expected} bytes, as the header declares (dim {tuple(int(n) for n in img.shape)}, "
-            f"{img.get_data_dtype()}): a truncated file or a wrong header",
-        )
-
-
 def require_signal(data: np.ndarray, path: str | Path) -> None:
     """Refuse an image without any finite non-zero voxel (a failed reconstruction or export).
 
@@ -198,9 +116,12 @@ def read_data(img: nib.Nifti1Image, path: str | Path, *, ndim: int = 3) -> np.nd
         raise MetadataError(
             str(path), "dim", tuple(int(n) for n in img.shape), f"a {ndim}-D image"
         )
-    check_data_size(img, path)
+    raw = read_checked_bytes(img, path)
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        if raw is not None:  # decompressed once, by the check
+            data = array_from_bytes(img, raw).reshape(shape)
+        else:
+            data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
         raise MetadataError(
             str(path), "data", type(err).__name__, f"complete image data ({err})"
