@@ -161,6 +161,9 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume], layout=None) ->
             vals.append(check_value(_sidecar(vol.path), ms, key, raw))
             sources[ms.key] = key
         params[ms.key] = vals
+    if "MTState" in params:  # an mt-on file must not say MTState false (and vice versa)
+        unordered = Collection(spec.name, tuple(volumes), {k: tuple(v) for k, v in params.items()})
+        check_entity_agreement(unordered, "mt", "MTState", {"on": True, "off": False})
     order = list(range(len(volumes)))
     if spec.stack_along:
         for k in spec.stack_along:
@@ -195,8 +198,6 @@ def build_collection(spec: InputSpec, volumes: Sequence[Volume], layout=None) ->
         tables=tables,
         n_measurements=counts,
     )
-    if "MTState" in coll.params:
-        check_entity_agreement(coll, "mt", "MTState", {"on": True, "off": False})
     return coll
 
 

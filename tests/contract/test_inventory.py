@@ -36,3 +36,16 @@ def test_phase_images_named_when_their_suffix_model_runs(subject, reference, run
     code, _ = run_cli("megre_r2star")
     assert code == 0
     assert "part-phase images are not used by megre_r2star" in caplog.text
+
+
+def test_entity_and_sidecar_must_agree(subject, run_cli, caplog):
+    import json
+
+    side = subject / "sub-01" / "anat" / "sub-01_mt-on_MTR.json"
+    meta = json.loads(side.read_text())
+    meta["MTState"] = False  # an mt-on file whose sidecar says the MT pulse was off
+    side.write_text(json.dumps(meta))
+    code, _ = run_cli("mtr")
+    assert code == 65
+    assert "sub-01_mt-on_MTR.json" in caplog.text
+    assert "to agree with mt-on" in caplog.text

@@ -117,3 +117,45 @@ def test_series_companion_mismatch_is_exit_65(toy, subject, reference, run_cli, 
     code, _ = run_cli("toy_adc")
     assert code == 65
     assert "sub-01_dwi.bval" in caplog.text
+
+
+class ToyADCPreproc(ToyADC):
+    """The same model on preprocessed DWI from a ``--derivatives`` dataset, used as is."""
+
+    name = "toy_adc_preproc"
+    inputs = (
+        InputSpec(
+            "dwi",
+            {"datatype": "dwi", "suffix": "dwi", "desc": "preproc"},
+            series=True,
+            companions=ToyADC.inputs[0].companions,
+            from_derivatives=True,
+        ),
+    )
+
+
+def test_series_input_from_derivatives(subject, reference, run_cli, tmp_path):
+    prep = tmp_path / "qsiprep"
+    prep.mkdir()
+    (prep / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "preprocessed",
+                "BIDSVersion": "1.10.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "qsiprep"}],
+            }
+        )
+    )
+    _write_dwi(prep, reference)
+    d = prep / "sub-01" / "dwi"
+    for f in list(d.iterdir()):
+        f.rename(f.with_name(f.name.replace("sub-01_dwi", "sub-01_desc-preproc_dwi")))
+    with registered(ToyADCPreproc):
+        code, out = run_cli("toy_adc_preproc", extra=("--derivatives", f"qsiprep={prep}"))
+    assert code == 0
+    path = out / "sub-01" / "dwi" / "sub-01_model-toyadc_param-adc_dwimap.nii.gz"
+    adc = np.asarray(nib.load(path).dataobj)
+    np.testing.assert_allclose(adc[np.isfinite(adc)], ADC_TRUE, rtol=1e-4)
+    side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert side["Sources"] == ["bids:qsiprep:sub-01/dwi/sub-01_desc-preproc_dwi.nii.gz"]
