@@ -199,7 +199,7 @@ def run_participants(cfg: RunConfig) -> int:
     units = select_subjects(layout, cfg.participant_label, cfg.session_label)
     check_filters(cfg, layout, units)
     deriv = {name: make_layout(path, derivative=True) for name, path in cfg.derivatives.items()}
-    init_output(cfg.output_dir, cfg.bids_dir)
+    init_output(cfg.output_dir, cfg.bids_dir, cfg.derivatives)
     remove_stale_stages(cfg.output_dir)
     codes, statuses = [], []
     # one worker pool for every fit of every subject of this run (not one per fit)

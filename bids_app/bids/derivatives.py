@@ -159,8 +159,14 @@ def write_table(path: Path, table: pd.DataFrame, columns: Mapping[str, str]) -> 
     )
 
 
-def dataset_description(bids_dir: Path, source_name: str | None = None) -> dict[str, Any]:
-    """The derivative ``dataset_description.json`` content (deterministic)."""
+def dataset_description(
+    bids_dir: Path, source_name: str | None = None, links: Mapping[str, Path] | None = None
+) -> dict[str, Any]:
+    """The derivative ``dataset_description.json`` content (deterministic).
+
+    ``links`` are the ``--derivatives`` datasets (``bids:<name>:`` URIs in the sidecars).
+    """
+    extra = {k: Path(v).resolve().as_uri() for k, v in sorted((links or {}).items())}
     return {
         "Name": "msqmri derivatives" + (f" of {source_name}" if source_name else ""),
         "BIDSVersion": "1.10.0",
@@ -176,11 +182,11 @@ def dataset_description(bids_dir: Path, source_name: str | None = None) -> dict[
             }
         ],
         "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
-        "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
+        "DatasetLinks": {**extra, "raw": Path(bids_dir).resolve().as_uri()},
     }
 
 
-def init_output(out: Path, bids_dir: Path) -> None:
+def init_output(out: Path, bids_dir: Path, links: Mapping[str, Path] | None = None) -> None:
     """Write ``dataset_description.json`` and ``.bidsignore`` atomically.
 
     Safe when parallel participant jobs start together: every writer writes the same bytes.
@@ -189,7 +195,8 @@ def init_output(out: Path, bids_dir: Path) -> None:
         name = json.loads((bids_dir / "dataset_description.json").read_text()).get("Name")
     except (OSError, json.JSONDecodeError, AttributeError):
         name = None
-    save_text(out / "dataset_description.json", dumps(dataset_description(bids_dir, name)))
+    desc = dataset_description(bids_dir, name, links)
+    save_text(out / "dataset_description.json", dumps(desc))
     save_text(out / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
 
 

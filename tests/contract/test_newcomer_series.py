@@ -159,3 +159,5 @@ def test_series_input_from_derivatives(subject, reference, run_cli, tmp_path):
     np.testing.assert_allclose(adc[np.isfinite(adc)], ADC_TRUE, rtol=1e-4)
     side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
     assert side["Sources"] == ["bids:qsiprep:sub-01/dwi/sub-01_desc-preproc_dwi.nii.gz"]
+    links = json.loads((out / "dataset_description.json").read_text())["DatasetLinks"]
+    assert links["qsiprep"] == prep.resolve().as_uri()
