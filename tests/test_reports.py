@@ -1,4 +1,6 @@
-"""Report plots: one dot per finite value, group means, deterministic output."""
+"""Report plots: one dot per finite value, group means, deterministic output; escaping."""
+
+from html import escape as html_escape
 
 import numpy as np
 
@@ -36,3 +38,54 @@ def test_mosaic_outline_and_svg_figure():
     assert rgb.shape == (12, 30, 3)
     assert ((rgb == (230, 30, 30)).all(axis=-1)).any()  # the lesion border is drawn in red
     assert "data:image/png;base64," in svg_figure(rgb, "T1map [s]")
+
+
+def test_participant_report_escapes_names(tmp_path):
+    """A map key, units, sources and subject label with ``"``, ``<`` and ``&`` stay text."""
+    from html.parser import HTMLParser
+    from types import SimpleNamespace
+
+    from bids_app.reports.html import participant_report
+
+    nasty = 'a"b<c>&d'
+    vol = np.zeros((6, 6, 6))
+    vol[2:4, 2:4, :] = 1.0
+    rec = SimpleNamespace(key=f"desc-{nasty}_T1map", units=nasty, data_ref=None, native=vol)
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(output_dir=tmp_path),
+        subject="01",
+        session=None,
+        label=f"sub-01 {nasty}",
+        reference_name=nasty,
+        brain_mask_source=nasty,
+        tissue_source=nasty,
+        lesion_source=nasty,
+        skipped=[nasty],
+        lesion_mask=None,
+        maps=[rec],
+    )
+    text = participant_report(ctx).read_text()
+    assert nasty not in text
+    assert html_escape(nasty) in text
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.data = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.imgs.append(dict(attrs))
+
+        def handle_data(self, data):
+            self.data.append(data)
+
+    parser = Collect()
+    parser.feed(text)
+    # the parser gives back the exact strings: nothing leaked into markup
+    assert [img["alt"] for img in parser.imgs] == [rec.key]
+    assert (tmp_path / parser.imgs[0]["src"]).is_file()
+    assert f"msqmri: sub-01 {nasty}" in parser.data
+    svg = (tmp_path / parser.imgs[0]["src"]).read_text()
+    assert nasty not in svg
+    assert html_escape(f"{rec.key} [{nasty}]") in svg
