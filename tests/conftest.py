@@ -9,6 +9,21 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+#: Fixtures that build a BIDS dataset on disk and run the app on it: a test that uses
+#: one is an ``integration`` test (see docs/testing.md), excluded from the fast loop.
+INTEGRATION_FIXTURES = frozenset(
+    {"small_bids", "small_run", "tiny_bids", "dataset", "clean_run", "msqmri", "vfa_ds"}
+    | {"_tiny", "subject", "run_cli"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that runs the app on a dataset ``integration`` (unless ``slow``)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & INTEGRATION_FIXTURES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.integration)
+
 
 def tree_digest(root: Path) -> str:
     """SHA-256 over the relative paths and bytes of every file below ``root``."""
