@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -221,6 +221,28 @@ class QMRIModel(ABC):
         QMRIModel
             ``self`` by default, or a configured copy.
         """
+        return self
+
+    def preprocess_key(self) -> Hashable | None:
+        """Models returning the same key share one :meth:`preprocess` of the same inputs.
+
+        ``None`` (the default): no preprocessing. The participant level keeps the result of
+        the last key per subject, so DTI, DKI and NODDI denoise and motion-correct a DWI once.
+        """
+        return None
+
+    def preprocess(
+        self, data: Mapping[str, np.ndarray], *, mask: np.ndarray, affine: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Whole-volume preprocessing before the fit: ``(data, state)``.
+
+        ``state`` is what the fit needs to know about it (rotated gradients, a brain mask
+        under ``'mask'``, notes for the sidecars); :meth:`with_preprocessed` receives it.
+        """
+        return dict(data), {}
+
+    def with_preprocessed(self, state: Mapping[str, Any]) -> QMRIModel:
+        """The model configured by a :meth:`preprocess` ``state`` (``self`` by default)."""
         return self
 
     def spatial_postprocess(

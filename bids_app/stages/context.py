@@ -84,6 +84,10 @@ class SubjectContext:
     #: worker pool shared by every voxelwise fit of the run (None: a pool per fit or none)
     pool: Any = None
     skipped: list[str] = field(default_factory=list)
+    #: ((input paths), preprocess key) -> (data, state) of the last shared preprocessing
+    preprocessed: dict[tuple, tuple[dict[str, np.ndarray], dict[str, Any]]] = field(
+        default_factory=dict
+    )
 
     @property
     def label(self) -> str:

@@ -107,6 +107,31 @@ def load_inputs(run: ModelRun) -> LoadedInputs:
     return LoadedInputs(data, Grid(tuple(shape), affine), paths)
 
 
+def preprocessed(
+    ctx: SubjectContext, model: QMRIModel, inputs: LoadedInputs, mask: np.ndarray
+) -> tuple[QMRIModel, LoadedInputs, np.ndarray]:
+    """The model's shared preprocessing (:meth:`QMRIModel.preprocess`), done once per key.
+
+    Models of one subject with the same :meth:`~QMRIModel.preprocess_key` on the same files
+    reuse the last result; only one result is kept (memory). A ``'mask'`` in the state
+    replaces the fit mask.
+    """
+    key = model.preprocess_key()
+    if key is None:
+        return model, inputs, mask
+    cache_key = (tuple(inputs.paths), key)
+    if cache_key not in ctx.preprocessed:
+        ctx.preprocessed.clear()
+        ctx.preprocessed[cache_key] = model.preprocess(
+            inputs.data, mask=mask, affine=inputs.grid.affine
+        )
+        logger.info("%s: %s preprocessed %s", ctx.label, model.name, inputs.paths[0])
+    data, state = ctx.preprocessed[cache_key]
+    if state.get("mask") is not None:
+        mask = np.asarray(state["mask"], dtype=bool)
+    return model.with_preprocessed(state), LoadedInputs(data, inputs.grid, inputs.paths), mask
+
+
 def fit_loaded(
     ctx: SubjectContext,
     run: ModelRun,
@@ -245,6 +270,7 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
         logger.warning("%s: %s", ctx.label, reason)
         ctx.skipped.append(reason)
         return False
+    model, inputs, mask = preprocessed(ctx, model, inputs, mask)
     model, fit, maps = fit_loaded(ctx, run, model, inputs, mask, covariates)
     common = provenance(ctx, run, model, requirements)
     write_outputs(ctx, run, fit, maps, grid, mask, common)
