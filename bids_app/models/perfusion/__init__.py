@@ -1,0 +1,1 @@
+"""Perfusion MRI (DCE and DSC): pure, batched array cores."""
