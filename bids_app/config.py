@@ -27,6 +27,7 @@ class RunConfig:
     model_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     b1_policy: str = "auto"
     reference: str = "auto"
+    registration: str = "rigid"
     nprocs: int = 1
     mem_gb: float | None = None
     skip_bids_validation: bool = False
@@ -82,6 +83,8 @@ def _toml_value(value: Any) -> str:
 def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
     """Read ``[model] option = value`` tables from a TOML file and validate them.
 
+    Besides the models, a ``[lesionseg]`` table sets the built-in lesion segmentation
+    (:data:`bids_app.lesionseg.LESION_OPTIONS`, and ``enabled = false`` to turn it off).
     A ``logs/<run>/config.toml`` written by a run is accepted too: its ``[model_options]``
     table is read (the other run settings come from the command line).
 
@@ -102,6 +105,9 @@ def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
         data = data.get("model_options", {})
     out = {}
     for name, opts in data.items():
+        if name == "lesionseg":
+            out[name] = _lesionseg_options(path, opts)
+            continue
         try:
             model = get_model(name)
         except KeyError as err:
@@ -114,3 +120,19 @@ def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
             raise UsageError(f"{path}: {err}") from None
         out[name] = dict(opts)
     return out
+
+
+def _lesionseg_options(path: Path, opts: Any) -> dict[str, Any]:
+    """The ``[lesionseg]`` table, validated (exit 64 on a bad key or value)."""
+    from bids_app import lesionseg
+
+    if not isinstance(opts, dict):
+        raise UsageError(f"{path}: [lesionseg] must be a table of options")
+    enabled = opts.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise UsageError(f"{path}: [lesionseg] enabled must be true or false")
+    try:
+        lesionseg.check_options({k: v for k, v in opts.items() if k != "enabled"})
+    except ValueError as err:
+        raise UsageError(f"{path}: [lesionseg] {err}") from None
+    return dict(opts)

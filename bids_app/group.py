@@ -15,6 +15,7 @@ import pandas as pd
 
 from bids_app.bids.derivatives import write_table
 from bids_app.errors import NoInputsError
+from bids_app.lesions import LOCATIONS
 from bids_app.reports.html import group_report
 from bids_app.schema import LESION_COLUMNS, REGION_COLUMNS, group_role
 
@@ -37,6 +38,71 @@ SUMMARY_COLUMNS = {
     "std_controls": "SD over controls (ddof=1)",
     "cohens_d": "Cohen's d, patients minus controls, pooled SD (Cohen 1988)",
 }
+
+
+#: columns of ``group_desc-lesioncounts_stats.tsv`` (one row per participant x session)
+COUNT_COLUMNS = {
+    "participant_id": REGION_COLUMNS["participant_id"],
+    "session_id": REGION_COLUMNS["session_id"],
+    "n_lesions": "lesions (connected components) in the desc-lesions_dseg image",
+    "lesion_volume_mm3": "total lesion volume (lesion load) in mm^3",
+    **{f"n_{loc}": f"lesions located {loc.replace('_', ' ')}" for loc in LOCATIONS},
+    "n_prl_candidates": (
+        "paramagnetic rim lesion candidates (prl_candidate of the Chimap rows); n/a "
+        "without a Chimap"
+    ),
+}
+
+
+def lesion_counts(regions: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
+    """Lesion count, load, counts per location and of rim lesions, per participant/session.
+
+    Parameters
+    ----------
+    regions : pandas.DataFrame
+        Concatenated region tables: every participant/session listed gets a row (0
+        lesions when absent from ``lesions``); a ``map`` ending in ``Chimap`` tells that
+        the subject has a susceptibility map.
+    lesions : pandas.DataFrame
+        Concatenated per-lesion tables (one row per lesion x map; may be empty).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COUNT_COLUMNS`; ``n_prl_candidates`` NaN for subjects without a
+        Chimap.
+    """
+    keys = ["participant_id", "session_id"]
+    subjects = regions[keys].drop_duplicates().fillna({"session_id": "n/a"})
+    has_chi = regions.loc[regions["map"].astype(str).str.endswith("Chimap"), keys]
+    has_chi = set(map(tuple, has_chi.fillna({"session_id": "n/a"}).to_numpy()))
+    rows = []
+    les = lesions.fillna({"session_id": "n/a"}) if not lesions.empty else lesions
+    for pid, ses in subjects.itertuples(index=False):
+        mine = (
+            les[(les["participant_id"] == pid) & (les["session_id"] == ses)]
+            if not les.empty
+            else les
+        )
+        one = mine.drop_duplicates("lesion_id") if not mine.empty else mine
+        row = {
+            "participant_id": pid,
+            "session_id": None if ses == "n/a" else ses,
+            "n_lesions": len(one),
+            "lesion_volume_mm3": float(one["volume_mm3"].sum()) if len(one) else 0.0,
+        }
+        for loc in LOCATIONS:
+            row[f"n_{loc}"] = int((one["location"] == loc).sum()) if len(one) else 0
+        if (pid, ses) not in has_chi:
+            row["n_prl_candidates"] = np.nan
+        elif mine.empty or "prl_candidate" not in mine.columns:
+            row["n_prl_candidates"] = 0
+        else:
+            chi = mine[mine["map"].astype(str).str.endswith("Chimap")]
+            flag = pd.to_numeric(chi["prl_candidate"], errors="coerce") > 0
+            row["n_prl_candidates"] = int(chi.loc[flag, "lesion_id"].nunique())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(COUNT_COLUMNS))
 
 
 def _read_all(out: Path, pattern: str) -> pd.DataFrame:
@@ -169,6 +235,10 @@ def run_group(bids_dir: Path, out: Path, *, reports: bool = True) -> int:
             kind="stable",
         )
     write_table(out / "group_desc-lesions_stats.tsv", lesions, {**LESION_COLUMNS, **extra})
+    counts = lesion_counts(regions, lesions)
+    if part is not None:
+        counts = counts.merge(part, on="participant_id", how="left")
+    write_table(out / "group_desc-lesioncounts_stats.tsv", counts, {**COUNT_COLUMNS, **extra})
     summary = summarise(regions)
     write_table(out / "group_desc-summary_stats.tsv", summary, SUMMARY_COLUMNS)
     n_sub = regions["participant_id"].nunique()

@@ -204,6 +204,7 @@ def resample(
     *,
     order: int = 1,
     cval: float = np.nan,
+    world: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample a 3-D image onto another grid through the affines (world coordinates).
 
@@ -218,15 +219,18 @@ def resample(
         0 nearest (labels, masks), 1 trilinear (maps).
     cval : float
         Value outside the source field of view.
+    world : (4, 4) ndarray, optional
+        Target world (mm) -> source world (mm), e.g. a registration; identity if omitted.
 
     Returns
     -------
     (target_shape) ndarray
-        ``data`` itself (a copy) when the grids are the same.
+        ``data`` itself (a copy) when the grids are the same and ``world`` is the identity.
     """
-    if same_grid(data.shape, affine, target_shape, target_affine):
+    moved = world is not None and not np.allclose(world, np.eye(4), atol=AFFINE_ATOL)
+    if not moved and same_grid(data.shape, affine, target_shape, target_affine):
         return np.array(data, copy=True)
-    vox2vox = np.linalg.inv(affine) @ target_affine
+    vox2vox = np.linalg.inv(affine) @ (world if moved else np.eye(4)) @ target_affine
     out_dtype = data.dtype if order == 0 else np.float32
     src = data.astype(np.float32) if order else data
     return ndimage.affine_transform(

@@ -7,23 +7,32 @@ Centroids are converted to world (scanner RAS+) millimetres with the image affin
 
 Location rules (first match wins, in this order):
 
+``infratentorial``
+    at least ``infratentorial_min_fraction`` (default 0.5) of the lesion's voxels lie in the
+    posterior fossa (cerebellum or brainstem) of a proportional ICBM-2009a-like frame fitted
+    to the brain mask (tissue > 0 or lesion) in world coordinates: the geometric rule of
+    :mod:`bids_app.lesion_location` (needs the image affine; validated there);
 ``periventricular``
     some lesion voxel centre lies within ``periventricular_mm`` (default 3 mm) of a
     ventricle voxel centre (:func:`ventricle_mask`);
 ``juxtacortical``
     some lesion voxel has a GM voxel among its 26 neighbours ("touching the cortex,
     within one voxel"; tissue-label GM, so deep GM also counts);
-``infratentorial``
-    needs a template registration (brainstem/cerebellum labels) that msqmri does not do
-    yet: **never assigned**;
 ``deep_white_matter``
     everything else.
+
+The lesions themselves are the connected components of
+:func:`bids_app.regions.lesion_labels` (``connectivity`` 6, 18 or 26); the pipeline passes
+the ``connectivity`` of the ``[lesionseg]`` options table (default 26) to it, for
+provided masks too. On a Chimap (QSM) the rim columns come from
+:mod:`bids_app.lesion_rims`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,16 +40,18 @@ from nibabel.affines import apply_affine
 from scipy import ndimage as ndi
 from skimage import measure
 
+from bids_app.lesion_location import infratentorial_fraction
+from bids_app.lesion_rims import fill_rim_columns
 from bids_app.regions import CSF, GM, check_zooms
 from bids_app.schema import LESION_TABLE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 LESION_COLUMNS = LESION_TABLE_COLUMNS  # columns of :func:`lesion_table`, in order
-_GEOMETRY = LESION_COLUMNS[:6]
-_MAP_STATS = LESION_COLUMNS[7:]
+_MAP_STATS = ("mean", "median", "std", "core_mean", "rim_mean")
+_RIM_STATS = ("rim_index", "prl_candidate")  # Chimap rows only (:mod:`bids_app.lesion_rims`)
 
-#: location names (CONTRACT 4.1); ``infratentorial`` is never assigned yet
+#: location names (CONTRACT 4.1)
 LOCATIONS = ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")
 
 
@@ -127,8 +138,10 @@ def lesion_locations(
     zooms: Sequence[float],
     periventricular_mm: float = 3.0,
     ventricle_depth_mm: float = 20.0,
+    affine: np.ndarray | None = None,
+    infratentorial_min_fraction: float = 0.5,
 ) -> dict[int, str]:
-    """Classify each lesion as periventricular, juxtacortical or deep white matter.
+    """Classify each lesion as infratentorial, periventricular, juxtacortical or deep WM.
 
     Parameters
     ----------
@@ -142,11 +155,21 @@ def lesion_locations(
         Maximum distance in mm between lesion and ventricle voxel centres.
     ventricle_depth_mm : float, optional
         See :func:`ventricle_mask`.
+    affine : (4, 4) ndarray, optional
+        Voxel -> world (mm) affine of the grid, for the infratentorial rule; None: no lesion
+        is infratentorial.
+    infratentorial_min_fraction : float, optional
+        Fraction of a lesion's voxels in the posterior fossa that makes it infratentorial.
 
     Returns
     -------
     dict of int to str
         Lesion label -> one of :data:`LOCATIONS` (rules in the module docstring).
+
+    Raises
+    ------
+    ValueError
+        ``tissue`` and ``labels`` have different shapes, or ``labels`` are not integers.
     """
     labels = _check_labels(labels)
     tissue = np.asarray(tissue)
@@ -167,9 +190,15 @@ def lesion_locations(
     gm = (tissue == GM) & ~in_lesion
     near_gm = ndi.binary_dilation(gm, structure=ndi.generate_binary_structure(3, 3))
     touches_gm = ndi.maximum(near_gm.astype(np.uint8), labels=labels, index=ids) > 0
+    infra = np.zeros(ids.size, bool)
+    if affine is not None:
+        frac = infratentorial_fraction(labels, (tissue > 0) | in_lesion, np.asarray(affine))
+        if frac is not None:
+            infra = np.array([frac[i] >= infratentorial_min_fraction for i in ids.tolist()])
     location = np.where(
         near_vent, "periventricular", np.where(touches_gm, "juxtacortical", "deep_white_matter")
     )
+    location = np.where(infra, "infratentorial", location)
     return dict(zip(ids.tolist(), location.tolist()))
 
 
@@ -223,6 +252,9 @@ def lesion_table(
     rim_width_mm: float = 1.0,
     periventricular_mm: float = 3.0,
     ventricle_depth_mm: float = 20.0,
+    chi_maps: Collection[str] = (),
+    nawm: np.ndarray | None = None,
+    rim_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Describe each lesion and summarise each map inside it: one row per lesion x map.
 
@@ -248,6 +280,17 @@ def lesion_table(
         face-exposed voxels. Small or thin lesions have an empty core: ``core_mean`` NaN.
     periventricular_mm, ventricle_depth_mm : float, optional
         See :func:`lesion_locations`.
+    chi_maps : collection of str, optional
+        Names in ``maps`` that are susceptibility maps (ppm, QSM ``Chimap``): their rows get
+        ``core_mean``, ``rim_mean``, ``rim_index`` and ``prl_candidate`` from the paramagnetic
+        rim metrics (:func:`bids_app.lesion_rims.fill_rim_columns`); ``rim_index`` and
+        ``prl_candidate`` are NaN on every other row.
+    nawm : (X, Y, Z) bool ndarray, optional
+        Normal-appearing white matter, the reference of the rim threshold (needed with
+        ``chi_maps``).
+    rim_options : mapping, optional
+        ``rim_mm``, ``threshold_ppm``, ``min_fraction``, ``min_rim_voxels`` of
+        :func:`bids_app.models.qsm.rim.rim_metrics`.
 
     Returns
     -------
@@ -289,6 +332,7 @@ def lesion_table(
             zooms=z,
             periventricular_mm=periventricular_mm,
             ventricle_depth_mm=ventricle_depth_mm,
+            affine=affine,
         )
         location = [where[i] for i in ids.tolist()]
     base = pd.DataFrame(
@@ -302,7 +346,7 @@ def lesion_table(
         }
     )
     if not maps:
-        out = base.assign(map=None, **dict.fromkeys(_MAP_STATS, np.nan))
+        out = base.assign(map=None, **dict.fromkeys(_MAP_STATS + _RIM_STATS, np.nan))
         return out.astype({"map": object})[list(LESION_COLUMNS)]
 
     extra = (_nan_mean, _nan_median, _nan_std, *_core_rim_properties(z, rim_width_mm))
@@ -321,4 +365,5 @@ def lesion_table(
         tables.append(base.merge(stats.assign(map=name), on="lesion_id", how="left"))
     out = pd.concat(tables, ignore_index=True)
     out = out.sort_values("lesion_id", kind="stable", ignore_index=True)
+    out = fill_rim_columns(out, maps, labels, nawm, z, chi_maps, **dict(rim_options or {}))
     return out[list(LESION_COLUMNS)]

@@ -41,6 +41,14 @@ LESION_COLUMNS = {
     "std": "standard deviation of the map in the lesion",
     "core_mean": "mean in the lesion core (farther than the rim width from the border)",
     "rim_mean": "mean in the lesion rim (within the rim width of the border)",
+    "rim_index": (
+        "Chimap rows: fraction of the 2 mm border shell whose chi exceeds the NAWM and core "
+        "means by > 0.02 ppm (paramagnetic rim score); n/a for other maps"
+    ),
+    "prl_candidate": (
+        "Chimap rows: 1 for a paramagnetic rim lesion candidate (rim_index >= 0.5, >= 5 "
+        "shell voxels), else 0; n/a for other maps"
+    ),
 }
 
 #: columns of :func:`bids_app.lesions.lesion_table`: the lesion table without identifiers/units

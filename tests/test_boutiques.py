@@ -40,6 +40,7 @@ FLAGGED = (
     "models",
     "b1",
     "reference",
+    "registration",
     "config",
     "work_dir",
     "nprocs",

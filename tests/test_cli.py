@@ -93,7 +93,10 @@ def test_unknown_label_exit_18(vfa_ds, tmp_path):
 
 
 def test_no_qmri_inputs_exit_66(tmp_path):
-    ds = write_dataset(tmp_path / "bids", {"sub-01": {"dwi/sub-01_dwi": ({}, None)}})
+    # a BOLD series: no model of msqmri takes it
+    ds = write_dataset(
+        tmp_path / "bids", {"sub-01": {"func/sub-01_task-rest_bold": ({"TaskName": "rest"}, None)}}
+    )
     assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 66
 
 

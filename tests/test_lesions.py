@@ -200,3 +200,64 @@ def test_ventricle_mask_keeps_deep_csf_only():
     assert not ventricle_mask(tissue, zooms=(2, 2, 2), depth_mm=60).any()
     lesion = r <= 2
     assert_array_equal(ventricle_mask(tissue, zooms=(2, 2, 2), lesion_mask=lesion), vent & ~lesion)
+
+
+# --------------------------------------------------------------------------- QSM rim
+def rim_phantom(seed=3, noise_ppm=0.005):
+    """1 mm chi map (ppm): NAWM 0, three r = 5 mm lesions, Gaussian noise of ``noise_ppm``.
+
+    Lesion 1: +0.05 ppm in its 2 mm border shell (a paramagnetic rim), core 0;
+    lesion 2: uniformly +0.03 ppm (myelin loss, no rim); lesion 3: iso-intense.
+    """
+    shape = (40, 24, 24)
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    chi = np.zeros(shape)
+    for k, cx in enumerate((8, 20, 32), start=1):
+        r = np.sqrt((grid[0] - cx) ** 2 + (grid[1] - 12) ** 2 + (grid[2] - 12) ** 2)
+        labels[r <= 5] = k
+        if k == 1:
+            chi[(r <= 5) & (r > 3)] = 0.05
+        elif k == 2:
+            chi[r <= 5] = 0.03
+    chi += np.random.default_rng(seed).normal(0.0, noise_ppm, shape)
+    nawm = labels == 0
+    return labels, chi, nawm
+
+
+def test_rim_columns_on_chimap_rows_only():
+    labels, chi, nawm = rim_phantom()
+    maps = {"Chimap": chi, "T1map": np.ones(labels.shape)}
+    df = lesion_table(
+        labels, maps, affine=np.eye(4), zooms=(1, 1, 1), chi_maps=["Chimap"], nawm=nawm
+    )
+    assert tuple(df.columns) == LESION_COLUMNS
+    q = df[df["map"] == "Chimap"].set_index("lesion_id")
+    # SNR: 0.03 ppm excess over the 0.02 threshold is 6 noise SDs: the whole shell is above
+    assert q.loc[1, "rim_index"] >= 0.95
+    # no rim: shell minus core is noise only (0.02 ppm = 4 SDs of one voxel)
+    assert q.loc[2, "rim_index"] <= 0.05
+    assert q.loc[3, "rim_index"] <= 0.05
+    assert q["prl_candidate"].tolist() == [1.0, 0.0, 0.0]
+    # shell means: > 100 voxels, so within 3 x 0.005 / sqrt(100) of the truth
+    assert q.loc[1, "rim_mean"] == pytest.approx(0.05, abs=0.0015)
+    assert q.loc[1, "core_mean"] == pytest.approx(0.0, abs=0.003)
+    assert q.loc[2, "rim_mean"] == pytest.approx(0.03, abs=0.0015)
+    other = df[df["map"] == "T1map"]
+    assert other[["rim_index", "prl_candidate"]].isna().all(axis=None)
+    assert (other["rim_mean"] == 1.0).all()
+
+
+def test_rim_columns_without_rims_or_nawm(caplog):
+    labels, chi, nawm = rim_phantom(seed=5)
+    chi[labels == 1] = np.random.default_rng(6).normal(0.0, 0.005, (labels == 1).sum())
+    df = lesion_table(
+        labels, {"Chimap": chi}, affine=np.eye(4), zooms=(1, 1, 1), chi_maps=["Chimap"],
+        nawm=nawm,
+    )  # fmt: skip
+    assert df["prl_candidate"].tolist() == [0.0, 0.0, 0.0]  # control: no candidate
+    no_ref = lesion_table(
+        labels, {"Chimap": chi}, affine=np.eye(4), zooms=(1, 1, 1), chi_maps=["Chimap"]
+    )
+    assert no_ref["rim_index"].isna().all()
+    assert "no NAWM mask" in caplog.text

@@ -61,6 +61,8 @@ def test_participant_report_escapes_names(tmp_path):
         tissue_source=nasty,
         lesion_source=nasty,
         skipped=[nasty],
+        warnings=[nasty],
+        registrations={},
         lesion_mask=None,
         maps=[rec],
     )

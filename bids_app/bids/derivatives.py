@@ -41,6 +41,9 @@ ENTITY_ORDER = (
     ("model", "model"),  # BEP016 (diffusion derivatives)
     ("param", "param"),
     ("desc", "desc"),
+    ("from", "from"),  # transforms: <source>_from-<x>_to-<y>_mode-image_xfm.txt
+    ("to", "to"),
+    ("mode", "mode"),
 )
 #: entities that index volumes within a collection and never name a derived map
 INDEX_ENTITIES = {"echo", "flip", "inv", "mt", "part"}
@@ -55,6 +58,8 @@ BIDSIGNORE = (
     "*_dwimap.*",
     "*_xfm.txt",
     "*_desc-rmse_*",
+    "*_desc-localfield_*",  # QSM field maps (a fieldmap suffix is not BIDS under anat/)
+    "*_desc-totalfield_*",
 )
 
 

@@ -16,6 +16,8 @@ from bids_app.errors import UsageError
 
 ANALYSIS_LEVELS = ("participant", "group")
 REFERENCES = ("auto", "FLAIR", "T1w", "T2w")
+#: the modes of bids_app.registration.MODES (kept here: parsing does not import dipy)
+REGISTRATION_MODES = ("rigid", "affine", "none")
 _LABEL = re.compile(r"^[a-zA-Z0-9]+$")
 #: snake_case spellings used by the Boutiques bids-app template and CBRAIN
 SNAKE_ALIASES = {
@@ -201,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=REFERENCES,
         default="auto",
         help="reference image for regions ('auto': FLAIR, else T1w, else T2w)",
+    )
+    mod.add_argument(
+        "--registration",
+        choices=REGISTRATION_MODES,
+        default="rigid",
+        help="registration of every collection (and the T1w/T2w) to the reference image: "
+        "'rigid' (default) or 'affine' by mutual information, 'none' = image affines only",
     )
     mod.add_argument(
         "--config",

@@ -92,6 +92,7 @@ def build_config(ns) -> RunConfig:
         model_options=effective_options(load_model_options(ns.config)),
         b1_policy=ns.b1,
         reference=ns.reference,
+        registration=ns.registration,
         nprocs=ns.nprocs,
         mem_gb=ns.mem_gb,
         skip_bids_validation=ns.skip_bids_validation,

@@ -223,6 +223,30 @@ class QMRIModel(ABC):
         """
         return self
 
+    #: whether the collection is registered to the reference image (``False`` for inputs with
+    #: no anatomical contrast to register, such as a smooth B1+ map: header alignment)
+    registrable: ClassVar[bool] = True
+    #: relative tolerance of the noiseless recovery in tests/models/test_registry_contract.py
+    #: (round-off for exact fits; dictionary and grid fits state theirs)
+    contract_rtol: ClassVar[float] = 1e-6
+
+    def registration_image(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The 3-D image registered to the subject's reference image for this model.
+
+        The first volume of the lead input by default (the first flip angle, echo or MT
+        volume, which has the most anatomical signal); DWI models use the mean b=0 image.
+
+        Parameters
+        ----------
+        data : mapping of str to (X, Y, Z, n) ndarray
+            The loaded inputs, lead input first.
+
+        Returns
+        -------
+        (X, Y, Z) ndarray
+        """
+        return next(iter(data.values()))[..., 0]
+
     def preprocess_key(self) -> Hashable | None:
         """Models returning the same key share one :meth:`preprocess` of the same inputs.
 

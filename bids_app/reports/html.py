@@ -37,6 +37,24 @@ def _table(df: pd.DataFrame, max_rows: int = 400) -> str:
     return df.head(max_rows).to_html(index=False, na_rep="n/a", float_format="%.4g", border=0)
 
 
+def _registrations(ctx) -> pd.DataFrame:
+    """One row per registered image: mode, NMI reached and with the headers, motion."""
+    rows = [
+        {
+            "image": Path(key).name,
+            "mode": reg.mode,
+            "NMI": reg.metric,
+            "NMI_headers": reg.metric_header,
+            "peak_sharpness": reg.sharpness,
+            "translation_mm": reg.translation_mm,
+            "rotation_deg": reg.rotation_deg,
+            "failed": reg.failed,
+        }
+        for key, reg in ctx.registrations.items()
+    ]
+    return pd.DataFrame(rows)
+
+
 def participant_report(ctx) -> Path:
     """Write ``sub-<l>[_ses-<s>].html`` with one mosaic figure per map and the tables."""
     out = ctx.cfg.output_dir
@@ -49,6 +67,10 @@ def participant_report(ctx) -> Path:
     ]
     if ctx.skipped:
         parts.append("<p>Skipped: " + html.escape("; ".join(ctx.skipped)) + "</p>")
+    for warning in ctx.warnings:
+        parts.append(f"<p><b>Warning</b>: {html.escape(warning)}</p>")
+    if ctx.registrations:
+        parts.append("<h2>Registrations</h2>" + _table(_registrations(ctx)))
     outline = ctx.lesion_mask > 0.5 if ctx.lesion_mask is not None else None
     for rec in ctx.maps:
         data = rec.data_ref if rec.data_ref is not None else rec.native

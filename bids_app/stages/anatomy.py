@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_app import io, regions, segmentation
+from bids_app import io, lesionseg, regions, segmentation
 from bids_app.bids.query import find_structural, find_volumes
 from bids_app.errors import MetadataError
+from bids_app.stages import align
 from bids_app.stages.context import Grid, SubjectContext
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,25 @@ def choose_reference(ctx: SubjectContext) -> None:
         )
 
 
-def _load_on_grid(path: str, grid: Grid) -> np.ndarray:
-    """A structural image (not a mask) on ``grid`` through the affines (nearest neighbour)."""
+def _load_on_grid(path: str, ctx: SubjectContext, name: str) -> np.ndarray:
+    """A structural image (not a mask) on the reference grid, registered to it.
+
+    The registration (``--registration``, :mod:`bids_app.stages.align`) is estimated once
+    per image and written as ``*_from-<name>_to-<ref>_mode-image_xfm.txt``; the image is
+    resampled once (trilinear, 0 outside its field of view).
+    """
     img = io.load_image(path)
     data = io.read_data(img, path)
     io.require_signal(data, path)
-    if not io.same_grid(data.shape, img.affine, grid.shape, grid.affine):
-        logger.info("resampling %s to the reference grid (nearest neighbour)", Path(path).name)
-        data = io.resample(data, img.affine, grid.shape, grid.affine, order=0)
-    return data
+    grid = ctx.grid
+    reg = align.registration_for(ctx, path, data, img.affine)
+    ents = {"subject": ctx.subject, "session": ctx.session}
+    align.write_transform(ctx, ents, "anat", name, reg)
+    world = None if reg.mode == "none" or np.allclose(reg.matrix, np.eye(4)) else reg.matrix
+    if world is None and io.same_grid(data.shape, img.affine, grid.shape, grid.affine):
+        return data
+    logger.info("resampling %s to the reference grid (trilinear)", Path(path).name)
+    return io.resample(data, img.affine, grid.shape, grid.affine, order=1, cval=0.0, world=world)
 
 
 def _read_mask(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +124,17 @@ def _mask_on_grid(
     if io.same_grid(data.shape, affine, grid.shape, grid.affine):
         return data
     ref = Path(ctx.reference_path).name
+    if np.allclose(affine, grid.affine, atol=io.AFFINE_ATOL) and any(
+        a < b for a, b in zip(data.shape[:3], grid.shape[:3])
+    ):
+        raise MetadataError(
+            path,
+            "shape",
+            f"{tuple(data.shape)}",
+            f"the shape of the reference image {ref} {tuple(grid.shape)} or a larger grid: "
+            "the mask has the reference affine but does not cover its field of view "
+            "(cropped or from another image); fix the mask or its header",
+        )
     if tuple(data.shape) == tuple(grid.shape):
         raise MetadataError(
             path,
@@ -147,7 +169,7 @@ def _binary_lesion_mask(path: str, data: np.ndarray) -> np.ndarray:
         Non-integer values outside [0, 1] (exit 65).
     """
     try:
-        return regions.as_binary_mask(data, name=path).astype(np.float32)
+        binary = regions.as_binary_mask(data, name=path).astype(np.float32)
     except ValueError:
         finite = data[np.isfinite(data)]
         raise MetadataError(
@@ -157,6 +179,13 @@ def _binary_lesion_mask(path: str, data: np.ndarray) -> np.ndarray:
             "a binary or integer-label lesion mask (non-zero = lesion) or a probabilistic "
             "one in [0, 1] (lesion where p >= 0.5)",
         ) from None
+    finite = data[np.isfinite(data)]
+    if finite.size and np.any(finite != np.round(finite)):
+        logger.warning(
+            "%s: probabilistic lesion mask (values in [0, 1]): thresholded at p >= 0.5",
+            path,
+        )
+    return binary
 
 
 def _derivative_files(ctx: SubjectContext, query: dict) -> list:
@@ -269,14 +298,79 @@ def provided_probseg(ctx: SubjectContext) -> Mask | None:
         lab: _derivative_files(ctx, {"suffix": "probseg", "label": lab})
         for lab in ("GM", "WM", "CSF")
     }
-    if not all(probs.values()):
+    if not (probs["GM"] and probs["WM"]):
+        given = [lab for lab, found in probs.items() if found]
+        if given:
+            logger.warning(
+                "%s: label-%s probseg given without %s: not used (WM and GM are needed); "
+                "tissue is segmented instead",
+                ctx.label,
+                "/".join(given),
+                " and ".join(lab for lab in ("GM", "WM") if not probs[lab]),
+            )
         return None
-    stack = np.stack(
-        [_provided_on_grid(probs[k][0][1].path, ctx) for k in ("GM", "WM", "CSF")], axis=-1
-    )
+    maps = [_provided_on_grid(probs[k][0][1].path, ctx) for k in ("GM", "WM")]
+    note = ""
+    if probs["CSF"]:
+        maps.append(_provided_on_grid(probs["CSF"][0][1].path, ctx))
+    else:
+        # CSF as the rest of the brain mask (CONTRACT 2.2): 1 - GM - WM inside the brain
+        rest = 1.0 - np.nan_to_num(maps[0]) - np.nan_to_num(maps[1])
+        brain = ctx.brain_mask if ctx.brain_mask is not None else np.ones(rest.shape, bool)
+        maps.append(np.where(brain, np.clip(rest, 0.0, 1.0), 0.0))
+        note = "; no CSF probseg: CSF = brain mask minus GM and WM"
+        logger.warning("%s: no label-CSF probseg: CSF is the rest of the brain mask", ctx.label)
+    stack = np.nan_to_num(np.stack(maps, axis=-1))
     tissue = (np.argmax(stack, axis=-1) + 1).astype(np.uint8)
     tissue[stack.max(axis=-1) < 0.5] = 0
-    return Mask(tissue, f"provided: {probs['WM'][0][0]} probseg (argmax, p >= 0.5)")
+    return Mask(tissue, f"provided: {probs['WM'][0][0]} probseg (argmax, p >= 0.5){note}")
+
+
+def computed_lesion(ctx: SubjectContext, ref_data: np.ndarray, tissue: Mask | None) -> Mask | None:
+    """Lesions segmented from the FLAIR (T1w, T2w when present): :mod:`bids_app.lesionseg`.
+
+    Used only when no lesion mask is provided (provided masks take precedence, CONTRACT
+    2.2). Options come from the ``[lesionseg]`` table of the options file (keys of
+    :data:`bids_app.lesionseg.LESION_OPTIONS`, plus ``enabled = false`` to turn the step
+    off); a provided tissue segmentation is used as the tissue labels. Returns None (with
+    a logged reason) without a FLAIR or when turned off.
+    """
+    opts = dict(ctx.cfg.model_options.get("lesionseg", {}))
+    if not opts.pop("enabled", True):
+        logger.info("%s: built-in lesion segmentation turned off ([lesionseg])", ctx.label)
+        return None
+    if "FLAIR" not in ctx.structural:
+        logger.info("%s: no lesion mask and no FLAIR: lesion regions are empty", ctx.label)
+        return None
+    paths = {
+        name: ctx.structural[name].path
+        for name in ("FLAIR", "T1w", "T2w")
+        if name in ctx.structural
+    }
+    images = {
+        name: ref_data if path == ctx.reference_path else _load_on_grid(path, ctx, name)
+        for name, path in paths.items()
+    }
+    try:
+        mask, info = lesionseg.segment_lesions(
+            images["FLAIR"],
+            ctx.brain_mask,
+            ctx.grid.zooms,
+            t1w=images.get("T1w"),
+            t2w=images.get("T2w"),
+            tissue=None if tissue is None else tissue.data,
+            **opts,
+        )
+    except ValueError as err:
+        raise MetadataError(paths["FLAIR"], "data", str(err), _NEEDS_CONTRAST) from None
+    names = ", ".join(Path(p).name for p in paths.values())
+    thresholds = ", ".join(f"{k}={v:.4g}" for k, v in info["Thresholds"].items())
+    source = (
+        f"computed on {names}: {info['Description']}; options {info['Options']}; "
+        f"thresholds {thresholds}; {info['NumberOfLesions']} lesions"
+    )
+    logger.info("%s: %d lesions segmented from the FLAIR", ctx.label, info["NumberOfLesions"])
+    return Mask(mask.astype(np.float32), source, paths["FLAIR"])
 
 
 def computed_tissue(
@@ -285,7 +379,10 @@ def computed_tissue(
     """Tissue classes computed on the T1w (else the reference), lesions excluded."""
     seg_name = "T1w" if "T1w" in ctx.structural else ctx.reference_name
     seg_path = ctx.structural[seg_name].path
-    seg_img = _load_on_grid(seg_path, ctx.grid) if seg_path != ctx.reference_path else ref_data
+    if seg_path != ctx.reference_path:
+        seg_img = _load_on_grid(seg_path, ctx, seg_name)
+    else:
+        seg_img = ref_data
     exclude = lesion > 0.5 if lesion is not None else None
     try:
         tissue, method = segmentation.segment_tissue(
@@ -324,10 +421,11 @@ def find_masks(ctx: SubjectContext) -> None:
         ctx.lesion_mask = np.asarray(lesion.data, dtype=np.float32)
         ctx.lesion_source = lesion.source
     else:
-        ctx.lesion_source = (
-            "none: no lesion mask provided (built-in lesion segmentation is not available yet)"
-        )
-        logger.info("%s: no lesion mask in --derivatives; lesion regions are empty", ctx.label)
+        computed = computed_lesion(ctx, ref_data, tissue)
+        if computed is not None:
+            ctx.lesion_mask, ctx.lesion_source = computed.data, computed.source
+        else:
+            ctx.lesion_source = "none: no lesion mask provided and no lesion segmentation"
     if tissue is None:
         tissue = computed_tissue(ctx, ref_data, ctx.brain_mask, ctx.lesion_mask)
     ctx.tissue = np.where(ctx.brain_mask, tissue.data, 0).astype(np.uint8)

@@ -14,10 +14,24 @@ from bids_app.config import RunConfig
 
 @dataclass
 class Grid:
-    """A voxel grid: shape and voxel-to-world affine (mm)."""
+    """A voxel grid: shape, voxel-to-world affine (mm) and its registration.
+
+    ``xfm`` maps the subject reference image's world (mm) to this grid's world (the
+    registration of :mod:`bids_app.registration`); ``None`` for the reference grid itself
+    and for images aligned by their headers only.
+    """
 
     shape: tuple[int, ...]
     affine: np.ndarray
+    xfm: np.ndarray | None = None
+
+    def world_to(self, target: Grid) -> np.ndarray | None:
+        """The ``target`` world -> this grid's world matrix (``None``: the headers agree)."""
+        if self.xfm is None and target.xfm is None:
+            return None
+        src = np.eye(4) if self.xfm is None else self.xfm
+        dst = np.eye(4) if target.xfm is None else target.xfm
+        return src @ np.linalg.inv(dst)
 
     @property
     def zooms(self) -> tuple[float, ...]:
@@ -84,6 +98,12 @@ class SubjectContext:
     #: worker pool shared by every voxelwise fit of the run (None: a pool per fit or none)
     pool: Any = None
     skipped: list[str] = field(default_factory=list)
+    #: lead input path -> Registration of its collection to the reference image
+    registrations: dict[str, Any] = field(default_factory=dict)
+    #: the reference image's data (for the registrations), read once
+    reference_data: np.ndarray | None = None
+    #: problems the report shows (failed registrations, ...)
+    warnings: list[str] = field(default_factory=list)
     #: ((input paths), preprocess key) -> (data, state) of the last shared preprocessing
     preprocessed: dict[tuple, tuple[dict[str, np.ndarray], dict[str, Any]]] = field(
         default_factory=dict

@@ -21,7 +21,7 @@ from bids_app.bids.derivatives import bids_uri, build_name, naming_entities, wri
 from bids_app.bids.query import ModelRun
 from bids_app.errors import MetadataError
 from bids_app.models.base import QMRIFit, QMRIModel
-from bids_app.stages import products
+from bids_app.stages import align, products
 from bids_app.stages.context import Grid, MapRecord, Product, SubjectContext
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,12 @@ def mask_on(ctx: SubjectContext, grid: Grid, first_volume: np.ndarray) -> np.nda
     if ctx.brain_mask is not None and ctx.grid is not None:
         return (
             io.resample(
-                ctx.brain_mask.astype(np.uint8), ctx.grid.affine, grid.shape, grid.affine, order=0
+                ctx.brain_mask.astype(np.uint8),
+                ctx.grid.affine,
+                grid.shape,
+                grid.affine,
+                order=0,
+                world=ctx.grid.world_to(grid),
             )
             > 0
         )
@@ -254,7 +259,14 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
     options = dict(ctx.cfg.model_options.get(run.model.name, {}))
     model: QMRIModel = run.model.from_collections(run.collections, **options)
     inputs = load_inputs(run)
-    grid = inputs.grid
+    reg = align.registration_for(
+        ctx,
+        inputs.paths[0],
+        model.registration_image(inputs.data),
+        inputs.grid.affine,
+        registrable=model.registrable,
+    )
+    inputs.grid = grid = align.registered_grid(inputs.grid, reg)
     first = next(iter(inputs.data.values()))[..., 0]
     mask = mask_on(ctx, grid, first)
     if not mask.any():
@@ -273,6 +285,11 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
     model, inputs, mask = preprocessed(ctx, model, inputs, mask)
     model, fit, maps = fit_loaded(ctx, run, model, inputs, mask, covariates)
     common = provenance(ctx, run, model, requirements)
+    ents = naming_entities(run.entities)
+    uri = align.write_transform(
+        ctx, ents, _datatype(run, run.model.outputs[0]), run.model.name, reg
+    )
+    common["Registration"] = align.registration_record(ctx, reg, uri)
     write_outputs(ctx, run, fit, maps, grid, mask, common)
     logger.info(
         "%s: %s fitted %d voxels -> %s",
@@ -293,8 +310,13 @@ def to_reference(ctx: SubjectContext) -> None:
         return
     for rec in ctx.maps:
         grid = rec.native_grid
-        same = io.same_grid(grid.shape, grid.affine, ctx.grid.shape, ctx.grid.affine)
-        ref = io.resample(rec.native, grid.affine, ctx.grid.shape, ctx.grid.affine, order=1)
+        world = grid.world_to(ctx.grid)
+        same = world is None and io.same_grid(
+            grid.shape, grid.affine, ctx.grid.shape, ctx.grid.affine
+        )
+        ref = io.resample(
+            rec.native, grid.affine, ctx.grid.shape, ctx.grid.affine, order=1, world=world
+        )
         if ctx.brain_mask is not None:
             ref = np.where(ctx.brain_mask, ref, np.nan).astype(np.float32)
         rec.data_ref = ref
@@ -305,7 +327,8 @@ def to_reference(ctx: SubjectContext) -> None:
                 "SpatialReference": bids_uri("raw", ctx.rel(ctx.reference_path)),
                 "Resampling": "none (same grid)"
                 if same
-                else "trilinear through the image affines (no registration estimated)",
+                else "trilinear, once, through the image affines"
+                + (" and the registration (Registration.Transform)" if world is not None else ""),
             }
         )
         write_image(

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 #: producer name of the subject's masks (brain, tissue, lesion) on the reference grid
 ANATOMY = "anatomy"
 _RESAMPLING = {0: "nearest neighbour through the affines", 1: "trilinear through the affines"}
+_REGISTERED = " and the registrations to the reference image"
 
 
 def intended_for(run: ModelRun) -> frozenset[str]:
@@ -75,8 +76,15 @@ def choose(ctx: SubjectContext, req: Requirement, run: ModelRun) -> Product | No
 
 
 def on_grid(product: Product, grid: Grid, order: int) -> np.ndarray:
-    """A product resampled onto a consumer's grid through the affines."""
-    return io.resample(product.data, product.grid.affine, grid.shape, grid.affine, order=order)
+    """A product resampled onto a consumer's grid (registrations and affines)."""
+    return io.resample(
+        product.data,
+        product.grid.affine,
+        grid.shape,
+        grid.affine,
+        order=order,
+        world=product.grid.world_to(grid),
+    )
 
 
 def covariates_for(
@@ -100,7 +108,10 @@ def covariates_for(
         prod = None if policy == "none" else choose(ctx, req, run)
         if prod is not None:
             covariates[req.name] = on_grid(prod, grid, req.order)
-            record.update(Applied=True, Source=prod.uri, Resampling=_RESAMPLING[req.order])
+            how = _RESAMPLING[req.order]
+            if prod.grid.world_to(grid) is not None:
+                how += _REGISTERED
+            record.update(Applied=True, Source=prod.uri, Resampling=how)
         else:
             reason = (
                 f"--{req.policy} none"

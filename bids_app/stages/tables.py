@@ -73,7 +73,9 @@ def summarise(ctx: SubjectContext) -> None:
     """Build the regions, write the masks and both tables of one subject/session."""
     grid = ctx.grid
     lesion = ctx.lesion_mask if ctx.lesion_mask is not None else np.zeros(grid.shape)
-    labels = regions.lesion_labels(lesion, zooms=grid.zooms)
+    # the [lesionseg] connectivity option labels provided masks the same way (default 26)
+    connectivity = int(ctx.cfg.model_options.get("lesionseg", {}).get("connectivity", 26))
+    labels = regions.lesion_labels(lesion, zooms=grid.zooms, connectivity=connectivity)
     labels = np.where(ctx.brain_mask, labels, 0)
     region_masks = regions.build_regions(
         ctx.tissue, labels > 0, zooms=grid.zooms, brain_mask=ctx.brain_mask
@@ -93,8 +95,15 @@ def summarise(ctx: SubjectContext) -> None:
     stats.insert(4, "space", ctx.reference_name)
     stats = stats[list(REGION_COLUMNS)]
 
+    chi = [rec.key for rec in ctx.maps if rec.suffix == "Chimap" and rec.key in maps]
     les = lesions.lesion_table(
-        labels, maps, affine=grid.affine, zooms=grid.zooms, tissue=ctx.tissue
+        labels,
+        maps,
+        affine=grid.affine,
+        zooms=grid.zooms,
+        tissue=ctx.tissue,
+        chi_maps=chi,
+        nawm=region_masks["NAWM"] > 0,
     )
     les.insert(0, "participant_id", ids["participant_id"])
     les.insert(1, "session_id", ids["session_id"])

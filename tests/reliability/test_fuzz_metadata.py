@@ -42,7 +42,10 @@ REGISTRY_SPECS = sorted(
     key=lambda ms: (ms.key, ms.kind, ms.valid),
 )
 #: (model, input) pairs of the registry
-INPUTS = [(model, spec) for model in REGISTRY.values() for spec in model.inputs]
+#: the registry's inputs of 3-D volumes: 4-D series read their images to count measurements,
+#: which these file-less cases do not have (their checks: tests/contract/test_newcomer_series.py
+#: and tests/models/test_diffusion.py, with real files; fuzzing them with files is to do)
+INPUTS = [(model, spec) for model in REGISTRY.values() for spec in model.inputs if not spec.series]
 
 json_scalars = (
     st.none()

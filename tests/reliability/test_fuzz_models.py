@@ -60,6 +60,12 @@ b1_elements = st.one_of(
 # ----------------------------------------------------------------------------- models
 
 
+#: the voxelwise models, fuzzed here with per-model acquisition strategies; whole-volume and
+#: 4-D series models (qsm, dti, dki, fwdti) are fuzzed with arbitrary signals by
+#: tests/models/test_registry_contract.py (strategies for them here are still to write)
+VOXELWISE = [name for name, cls in REGISTRY.items() if cls.kind == "voxelwise"]
+
+
 def _build(cls, *args, **kwargs) -> QMRIModel:
     try:
         return cls(*args, **kwargs)
@@ -222,7 +228,7 @@ def _quiet_models():
 # ----------------------------------------------------------------------------- properties
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", VOXELWISE)
 @FUZZ
 @given(data=st.data())
 def test_fit_gives_nan_or_valid_values(name, data):
@@ -270,7 +276,7 @@ def images(draw, name: str):
     return model, data, mask, zooms, b1
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", VOXELWISE)
 @FUZZ
 @given(data=st.data())
 def test_fit_of_small_images_respects_mask_and_ranges(name, data):
@@ -301,7 +307,7 @@ USUAL = {
 }
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", VOXELWISE)
 def test_undefined_fits_are_nan_and_plausible_ones_finite(name):
     model = USUAL[name]()
     m = n_meas(model)

@@ -25,6 +25,7 @@ Decisions, as an MS imaging study would want them:
 from __future__ import annotations
 
 import gzip
+import json
 import tracemalloc
 
 import nibabel as nib
@@ -325,9 +326,56 @@ def test_lesion_mask_on_coarser_grid_is_resampled(dataset, msqmri, edit_nifti):
             id="outside-fov",
         ),
         pytest.param(lambda d: np.stack([d, d], -1), None, ("a 3-D image",), id="4-D"),
+        pytest.param(
+            lambda d: d[:-3],
+            None,
+            ("shape=", "does not cover its field of view"),
+            id="cropped-same-affine",
+        ),
     ],
 )
 def test_bad_lesion_mask_exit_65(dataset, msqmri, edit_nifti, fn, affine, fragments):
     res = _lesion_run(dataset, msqmri, edit_nifti, fn, affine=affine)
     assert res.code == 65
     res.one_error("sub-01:", "sub-01_label-lesion_mask.nii.gz", *fragments)
+
+
+def test_probabilistic_lesion_mask_is_thresholded_with_a_warning(dataset, msqmri, edit_nifti):
+    res = _lesion_run(dataset, msqmri, edit_nifti, lambda d: d * 0.7)
+    assert res.code == 0, res.err
+    assert "sub-01_label-lesion_mask.nii.gz" in res.err
+    assert "thresholded at p >= 0.5" in res.err
+    assert _lesion_output(res)[0].any()
+
+
+def test_wm_gm_probsegs_without_csf_are_used(dataset, msqmri):
+    """CONTRACT 2.2: WM and GM probsegs without a CSF probseg: CSF is the rest of the brain."""
+    truth = dataset / "derivatives" / "truth" / "sub-01" / "anat" / "sub-01_dseg.nii.gz"
+    img = nib.load(truth)
+    labels = np.asarray(img.dataobj)
+    deriv = dataset / "derivatives" / "probs"
+    anat = deriv / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (deriv / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "probsegs",
+                "BIDSVersion": "1.10.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "test"}],
+            }
+        )
+    )
+    for name, code in (("GM", 1), ("WM", 2)):
+        prob = (labels == code).astype(np.float32) * 0.9
+        nib.save(nib.Nifti1Image(prob, img.affine), anat / f"sub-01_label-{name}_probseg.nii.gz")
+    res = msqmri(dataset, "--derivatives", f"probs={deriv}", models=("mtr",))
+    assert res.code == 0, res.err
+    assert "no label-CSF probseg" in res.err
+    out = res.out / "sub-01" / "anat"
+    wm = np.asarray(nib.load(out / "sub-01_space-FLAIR_label-WM_mask.nii.gz").dataobj) > 0
+    brain = np.asarray(nib.load(out / "sub-01_space-FLAIR_desc-brain_mask.nii.gz").dataobj) > 0
+    # the provided WM, not a new segmentation (lesion voxels may be filled as WM)
+    assert wm[(labels == 2) & brain].mean() > 0.97
+    lesion = _lesion_output(res)[0]  # built-in segmentation: lesion voxels are filled as WM
+    assert not (wm & ~lesion & ~np.isin(labels, (2, 4))).any()
