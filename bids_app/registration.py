@@ -21,6 +21,8 @@ import numpy as np
 from dipy.align import affine_registration
 from scipy import ndimage
 
+from bids_app import io
+
 logger = logging.getLogger(__name__)
 
 #: registration modes of ``--registration``
@@ -174,19 +176,10 @@ def warp(
 ) -> np.ndarray:
     """Resample ``moving`` onto the grid ``(shape, affine)`` through ``matrix``.
 
-    ``matrix`` maps target world to moving world (see the module conventions).
+    ``matrix`` maps target world to moving world (see the module conventions); this is
+    :func:`bids_app.io.resample` with ``world=matrix``.
     """
-    vox2vox = np.linalg.inv(moving_affine) @ matrix @ affine
-    src = moving.astype(np.float32) if order else moving
-    return ndimage.affine_transform(
-        src,
-        vox2vox[:3, :3],
-        offset=vox2vox[:3, 3],
-        output_shape=tuple(shape[:3]),
-        order=order,
-        mode="constant",
-        cval=cval if order else 0,
-    )
+    return io.resample(moving, moving_affine, shape, affine, order=order, cval=cval, world=matrix)
 
 
 def _level(image, affine, voxel_mm, *, order=1):
