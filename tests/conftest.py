@@ -47,12 +47,25 @@ def small_bids(tmp_path_factory) -> Path:
     return root
 
 
+#: every model with synthetic data except ``fwdti`` (dipy's NLS, ~430 voxels/s: 9 min per
+#: subject here) and ``dki`` (dipy's WLS, ~3.5 min per subject here); both are tested against
+#: dipy's own fit in tests/models/test_diffusion.py
+E2E_MODELS = [
+    "b1", "vfa_t1", "mese_t2", "megre_r2star", "mtr", "mtsat", "qsm", "dti", "noddi", "asl_cbf",
+]  # fmt: skip
+#: DWI motion correction off (64 registrations, ~4 min per subject on 2 cores; its accuracy
+#: on a known rotation is tested in tests/models/test_diffusion.py); the rest as defaults
+E2E_CONFIG = "".join(f'[{m}]\nmotion = "none"\n' for m in ("dti", "noddi"))
+
+
 @pytest.fixture(scope="session")
 def small_run(small_bids, tmp_path_factory):
     """Participant + group on ``small_bids`` with the lesion derivatives; returns paths."""
     from bids_app.cli.run import main
 
     out = tmp_path_factory.mktemp("small_out") / "out"
+    config = out.parent / "e2e.toml"
+    config.write_text(E2E_CONFIG)
     before = tree_digest(small_bids)
     code = main(
         [
@@ -62,6 +75,10 @@ def small_run(small_bids, tmp_path_factory):
             "group",
             "--derivatives",
             f"lesions={small_bids / 'derivatives' / 'lesions'}",
+            "--config",
+            str(config),
+            "--models",
+            *E2E_MODELS,
         ]
     )
     return {"bids": small_bids, "out": out, "code": code, "digest_before": before}

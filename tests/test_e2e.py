@@ -92,6 +92,59 @@ def test_mtr_within_one_percentage_point(small_run, sub):
     assert np.median(np.abs(fit[sel] - truth[sel])) < 1.0
 
 
+# (output in space-FLAIR, truth in derivatives/truth/sub-X/dwi, absolute or relative, limit)
+# limits: the acceptance of the diffusion issue at b=0 SNR 50 (FA 0.03, MD 3 %, ICVF and ODI
+# 0.05 median error in WM); DTI truth is the noiseless fit (see bids_app/synth/dwi_series.py)
+DWI_ACCURACY = [
+    ("model-tensor_param-fa", "abs", 0.03),
+    ("model-tensor_param-md", "rel", 0.03),
+    ("model-noddi_param-icvf", "abs", 0.05),
+    ("model-noddi_param-odi", "abs", 0.05),
+]
+
+
+@pytest.mark.parametrize("sub", ["01", "02", "03"])
+@pytest.mark.parametrize(("param", "kind", "limit"), DWI_ACCURACY)
+def test_diffusion_wm_accuracy_against_truth(small_run, sub, param, kind, limit):
+    wm, _ = _wm(small_run, sub)
+    truth_dir = small_run["bids"] / "derivatives" / "truth" / f"sub-{sub}" / "dwi"
+    fit = _load(
+        small_run["out"] / f"sub-{sub}" / "dwi" / f"sub-{sub}_space-FLAIR_{param}_dwimap.nii.gz"
+    )
+    truth = _load(truth_dir / f"sub-{sub}_{param}_dwimap.nii.gz")
+    sel = wm & np.isfinite(fit)
+    assert sel.sum() > 0.95 * wm.sum()
+    err = fit[sel] - truth[sel]
+    if kind == "rel":
+        err = err / truth[sel]
+    assert np.median(np.abs(err)) < limit, f"{param}: median |error| {np.median(np.abs(err)):.4f}"
+
+
+@pytest.mark.parametrize("sub", ["01", "02", "03"])
+def test_qsm_deep_grey_matter_within_002_ppm(small_run, sub):
+    """Acceptance of the QSM issue: chi of the iron-rich deep GM within 0.02 ppm of truth."""
+    from bids_app.synth.qsm_series import DEEP_GM_CHI
+
+    truth_dir = small_run["bids"] / "derivatives" / "truth" / f"sub-{sub}" / "anat"
+    chi_truth = _load(truth_dir / f"sub-{sub}_Chimap.nii.gz")
+    fit = _load(small_run["out"] / f"sub-{sub}" / "anat" / f"sub-{sub}_space-FLAIR_Chimap.nii.gz")
+    deep = np.isclose(chi_truth, DEEP_GM_CHI) & np.isfinite(fit)
+    assert deep.sum() > 1000
+    assert abs(fit[deep].mean() - DEEP_GM_CHI) < 0.02, fit[deep].mean()
+
+
+@pytest.mark.parametrize("sub", ["01", "02", "03"])
+def test_asl_grey_matter_cbf_within_5_percent(small_run, sub):
+    """Acceptance of the perfusion issue: multi-delay CBF median error in GM < 5 %."""
+    truth_dir = small_run["bids"] / "derivatives" / "truth" / f"sub-{sub}"
+    gm = _load(truth_dir / "anat" / f"sub-{sub}_dseg.nii.gz") == 1
+    truth = _load(truth_dir / "perf" / f"sub-{sub}_cbf.nii.gz")
+    fit = _load(small_run["out"] / f"sub-{sub}" / "perf" / f"sub-{sub}_space-FLAIR_cbf.nii.gz")
+    sel = gm & np.isfinite(fit) & (truth > 0)
+    rel = (fit[sel] - truth[sel]) / truth[sel]
+    assert np.median(np.abs(rel)) < 0.05, np.median(np.abs(rel))
+
+
 TABLE_MAPS = {
     "T1map": "T1map",
     "R2starmap": "R2starmap",

@@ -30,7 +30,9 @@ def runs(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("regpipe")
     aligned = base / "aligned"
-    assert synth([str(aligned), "--size", "small", "--subjects", "1", "--seed", "5"]) == 0
+    assert (
+        synth([str(aligned), "--size", "small", "--subjects", "1", "--seed", "5", "--series"]) == 0
+    )
     moved = Path(shutil.copytree(aligned, base / "moved"))
     for path in sorted((moved / "sub-01" / "anat").glob("*_VFA.nii.gz")):
         img = nib.load(path)

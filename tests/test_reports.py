@@ -91,3 +91,23 @@ def test_participant_report_escapes_names(tmp_path):
     svg = (tmp_path / parser.imgs[0]["src"]).read_text()
     assert nasty not in svg
     assert html_escape(f"{rec.key} [{nasty}]") in svg
+
+
+def test_report_lists_each_rim_lesion_candidate():
+    import pandas as pd
+
+    from bids_app.reports.html import _rim_candidates
+
+    rows = [
+        {"lesion_id": i, "map": m, "volume_mm3": 100.0 * i, "rim_index": r, "prl_candidate": c}
+        for i, r, c in ((1, 0.8, 1), (2, 0.1, 0), (3, 0.6, 1))
+        for m in ("Chimap", "T1map")
+    ]
+    html = _rim_candidates(pd.DataFrame(rows))
+    assert "2 of 3 lesions" in html
+    assert "0.8" in html
+    assert "0.6" in html
+    assert "0.1" not in html
+    none = _rim_candidates(pd.DataFrame([{**rows[2], "prl_candidate": 0}]))
+    assert "No candidate among 1 lesions" in none
+    assert _rim_candidates(pd.DataFrame([{"lesion_id": 1, "map": "T1map"}])) == ""

@@ -24,7 +24,7 @@ SUBJECTS = ("01", "02", "03")
 ANAT = (
     ["T1w", "FLAIR"]
     + [f"flip-{i}_VFA" for i in (1, 2, 3)]
-    + [f"echo-{i}_MEGRE" for i in range(1, 7)]
+    + [f"echo-{i}_part-mag_MEGRE" for i in range(1, 7)]
     + [f"echo-{i}_MESE" for i in range(1, 17)]
     + ["mt-off_MTR", "mt-on_MTR"]
     + ["flip-1_mt-off_MTS", "flip-1_mt-on_MTS", "flip-2_mt-off_MTS"]
@@ -62,6 +62,16 @@ def test_raw_file_names_are_exact(tiny):
             for ext in (".nii.gz", ".json"):
                 expected.add(f"sub-{sub}/anat/sub-{sub}_{name}{ext}")
         expected |= {f"sub-{sub}/fmap/sub-{sub}_TB1map{ext}" for ext in (".nii.gz", ".json")}
+        expected |= {
+            f"sub-{sub}/dwi/sub-{sub}_dwi{e}" for e in (".nii.gz", ".json", ".bval", ".bvec")
+        }
+        for k in range(1, 7):  # the MEGRE phase of the qsm series
+            expected |= {
+                f"sub-{sub}/anat/sub-{sub}_echo-{k}_part-phase_MEGRE{e}"
+                for e in (".nii.gz", ".json")
+            }
+        perf = ("asl.nii.gz", "asl.json", "aslcontext.tsv", "m0scan.nii.gz", "m0scan.json")
+        expected |= {f"sub-{sub}/perf/sub-{sub}_{name}" for name in perf}
     found = {str(p.relative_to(tiny)) for p in tiny.glob("sub-*/**/*") if p.is_file()}
     assert found == expected
     top = {p.name for p in tiny.iterdir()}
@@ -77,10 +87,10 @@ def test_sidecars(tiny):
         assert m["Manufacturer"] == "msqmri-synth"
     assert [meta[f"flip-{i}_VFA"]["FlipAngle"] for i in (1, 2, 3)] == [3, 8, 18]
     assert {meta[f"flip-{i}_VFA"]["RepetitionTimeExcitation"] for i in (1, 2, 3)} == {0.015}
-    tes = [meta[f"echo-{k}_MEGRE"]["EchoTime"] for k in range(1, 7)]
+    tes = [meta[f"echo-{k}_part-mag_MEGRE"]["EchoTime"] for k in range(1, 7)]
     np.testing.assert_allclose(tes, 0.004 + 0.005 * np.arange(6))
-    assert meta["echo-1_MEGRE"]["RepetitionTime"] == 0.04
-    assert meta["echo-1_MEGRE"]["FlipAngle"] == 15
+    assert meta["echo-1_part-mag_MEGRE"]["RepetitionTime"] == 0.04
+    assert meta["echo-1_part-mag_MEGRE"]["FlipAngle"] == 15
     tes = [meta[f"echo-{k}_MESE"]["EchoTime"] for k in range(1, 17)]
     np.testing.assert_allclose(tes, 0.01 * np.arange(1, 17))
     assert meta["echo-1_MESE"]["RepetitionTime"] == 3.0
@@ -306,7 +316,7 @@ def test_brain_plan_without_writing(tmp_path):
     assert plan.n_brain_voxels == 1_854_954  # the shipped 1 mm labels
     assert plan.b1_shape == (78, 96, 82)
     assert plan.voxel_size == 1.0
-    assert len(plan.raw_files()) == len(ANAT) + 1
+    assert len(plan.raw_files()) == len(ANAT) + 1 + 1 + 6 + 2  # + B1, DWI, phase, ASL + M0
     assert not any(tmp_path.iterdir())
 
 
@@ -374,3 +384,28 @@ def test_rician_noise_statistics():
     np.testing.assert_allclose(zero.mean(), 2.0 * np.sqrt(np.pi / 2), rtol=0.01)
     high = add_rician_noise(np.full(200_000, 100.0), 2.0, rng)
     np.testing.assert_allclose([high.mean(), high.std()], [100.0 + 2.0**2 / 200, 2.0], rtol=0.01)
+
+
+def test_complex_noise_is_the_rician_magnitude_and_series_are_consistent(tiny):
+    """The MEGRE phase uses the channels behind the written magnitude (one complex image)."""
+    import nibabel as nib
+
+    from bids_app.synth.signals import add_rician_noise, complex_noise
+
+    clean = np.linspace(0, 100, 50, dtype=np.float32)
+    real, imag = complex_noise(clean, 3.0, np.random.default_rng(1))
+    np.testing.assert_array_equal(
+        np.hypot(real, imag), add_rician_noise(clean, 3.0, np.random.default_rng(1))
+    )
+    anat = tiny / "sub-01" / "anat"
+    phase = np.asarray(nib.load(anat / "sub-01_echo-1_part-phase_MEGRE.nii.gz").dataobj)
+    assert phase.min() >= -np.pi
+    assert phase.max() <= np.pi
+    assert np.ptp(phase) > 6
+    meta = json.loads((anat / "sub-01_echo-1_part-phase_MEGRE.json").read_text())
+    assert meta["Units"] == "rad"
+    assert meta["EchoTime"] == 0.004
+    dwi = tiny / "sub-01" / "dwi"
+    n = nib.load(dwi / "sub-01_dwi.nii.gz").shape[-1]
+    assert len((dwi / "sub-01_dwi.bval").read_text().split()) == n == 64
+    assert np.loadtxt(dwi / "sub-01_dwi.bvec").shape == (3, n)

@@ -229,6 +229,8 @@ class QMRIModel(ABC):
     #: relative tolerance of the noiseless recovery in tests/models/test_registry_contract.py
     #: (round-off for exact fits; dictionary and grid fits state theirs)
     contract_rtol: ClassVar[float] = 1e-6
+    #: absolute tolerance of the same test (fractions of a dictionary fit near zero)
+    contract_atol: ClassVar[float] = 0.0
 
     def registration_image(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
         """The 3-D image registered to the subject's reference image for this model.

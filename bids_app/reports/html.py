@@ -55,6 +55,28 @@ def _registrations(ctx) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: columns of the paramagnetic rim lesion candidates in the report
+PRL_COLUMNS = (
+    "lesion_id", "volume_mm3", "centroid_x", "centroid_y", "centroid_z", "location",
+    "core_mean", "rim_mean", "rim_index",
+)  # fmt: skip
+
+
+def _rim_candidates(lesions: pd.DataFrame) -> str:
+    """The QSM rim lesion candidates (``prl_candidate`` of the ``Chimap`` rows) as HTML."""
+    if "prl_candidate" not in lesions or "map" not in lesions:
+        return ""
+    chi = lesions[lesions["map"] == "Chimap"]
+    if chi.empty:
+        return ""
+    flagged = chi[pd.to_numeric(chi["prl_candidate"], errors="coerce") == 1]
+    head = "<h2>Paramagnetic rim lesion candidates (QSM)</h2>"
+    if flagged.empty:
+        return head + f"<p>No candidate among {len(chi)} lesions.</p>"
+    cols = [c for c in PRL_COLUMNS if c in flagged]
+    return head + f"<p>{len(flagged)} of {len(chi)} lesions.</p>" + _table(flagged[cols])
+
+
 def participant_report(ctx) -> Path:
     """Write ``sub-<l>[_ses-<s>].html`` with one mosaic figure per map and the tables."""
     out = ctx.cfg.output_dir
@@ -90,6 +112,9 @@ def participant_report(ctx) -> Path:
     if stats.is_file():
         df = pd.read_csv(stats, sep="\t", na_values="n/a", keep_default_na=False)
         parts.append("<h2>Regions</h2>" + _table(df))
+    lesions = subject_dir(out, ents, "") / build_name(dict(ents, desc="lesions"), "stats", ".tsv")
+    if lesions.is_file():
+        parts.append(_rim_candidates(pd.read_csv(lesions, sep="\t", na_values="n/a")))
     path = out / (f"sub-{ctx.subject}" + (f"_ses-{ctx.session}" if ctx.session else "") + ".html")
     save_text(path, _page(f"msqmri: {ctx.label}", "\n".join(parts)))
     return path

@@ -3,7 +3,7 @@
 Usage::
 
     msqmri-synth OUT_DIR [--subjects N] [--sessions K] [--size {tiny,small,brain}]
-                 [--seed S] [--snr SNR] [-v]
+                 [--seed S] [--snr SNR] [--series [dwi] [qsm]] [-v]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bids_app import __version__
 from bids_app.synth.anatomy import SIZES, make_anatomy
-from bids_app.synth.dataset import make_plan, write_dataset
+from bids_app.synth.dataset import DEFAULT_SERIES, SERIES_WRITERS, make_plan, write_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--snr", type=_positive_float, default=100.0, help="WM SNR of each collection"
     )
+    parser.add_argument(
+        "--series",
+        nargs="*",
+        choices=sorted(SERIES_WRITERS),
+        default=list(DEFAULT_SERIES),
+        help="4-D series besides the relaxometry/MT protocol (dwi: multi-shell DWI; qsm: "
+        "MEGRE phase); give none to write the 3-D protocol only",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="version", version=f"msqmri-synth {__version__}")
     return parser
@@ -96,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         snr=args.snr,
         anatomy=anatomy,
+        series=tuple(args.series),
     )
     try:
         write_dataset(plan, args.out_dir, anatomy=anatomy)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.synth import writer
+from bids_app.synth import asl_series, dwi_series, qsm_series, writer
 from bids_app.synth.anatomy import Anatomy, downsample_affine, grid_coordinates
 from bids_app.synth.anatomy import make_anatomy as _make_anatomy
 from bids_app.synth.lesions import PlacementMaps, lesion_rows, place_lesions, render_lesions
 from bids_app.synth.protocol import COMMON_METADATA, GAIN, SPGR_TE, build_protocol, noise_sigma
-from bids_app.synth.signals import add_rician_noise
+from bids_app.synth.scene import LESION, Scene
+from bids_app.synth.signals import complex_noise
 from bids_app.synth.tissue import NAWM_CHANGE, NOMINAL, brain_ellipsoid, draw_subject_tissue
 from bids_app.synth.tissue import truth_maps as _truth_maps
 from bids_app.synth.truth import write_truth
@@ -32,6 +33,19 @@ B1_NOISE_SD = 0.01
 #: then ``1 / (12 * 8**2)`` = 0.13 % of the Gaussian noise variance).
 QUANT_PER_SIGMA = 8
 _B1_TARGETS = ("VFA", "MTS")
+#: the 4-D series writers (:mod:`bids_app.synth.scene`), run in this order
+SERIES_WRITERS = {
+    "dwi": dwi_series.write_dwi,
+    "qsm": qsm_series.write_phase,
+    "asl": asl_series.write_asl,
+}
+#: the raw images each series writer adds: (datatype, name after the subject prefix)
+SERIES_FILES = {
+    "dwi": (("dwi", "dwi.nii.gz"),),
+    "qsm": tuple(("anat", f"echo-{k}_part-phase_MEGRE.nii.gz") for k in range(1, 7)),
+    "asl": (("perf", "asl.nii.gz"), ("perf", "m0scan.nii.gz")),
+}
+DEFAULT_SERIES = ("dwi", "qsm", "asl")
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class SynthPlan:
     seed: int
     snr: float
     sigma: dict[str, float]
+    series: tuple[str, ...] = DEFAULT_SERIES
 
     def raw_files(self) -> list[str]:
         """Relative paths of every raw image (``.nii.gz``) the plan writes."""
@@ -91,8 +106,10 @@ class SynthPlan:
                 base = Path(f"sub-{part.label}") / (f"ses-{ses}" if ses else "")
                 for vol in build_protocol():
                     out.append(str(base / vol.datatype / vol.filename(part.label, ses)))
-                tb1 = writer.entity_prefix(part.label, ses) + "_TB1map.nii.gz"
-                out.append(str(base / "fmap" / tb1))
+                prefix = writer.entity_prefix(part.label, ses)
+                out.append(str(base / "fmap" / f"{prefix}_TB1map.nii.gz"))
+                for name in self.series:
+                    out += [str(base / dt / f"{prefix}_{n}") for dt, n in SERIES_FILES[name]]
         return out
 
 
@@ -116,6 +133,7 @@ def make_plan(
     seed: int = 0,
     snr: float = 100.0,
     anatomy: Anatomy | None = None,
+    series: tuple[str, ...] = DEFAULT_SERIES,
 ) -> SynthPlan:
     """Plan a dataset without writing anything.
 
@@ -133,13 +151,23 @@ def make_plan(
         WM signal-to-noise ratio of each collection's first volume.
     anatomy : Anatomy, optional
         Pre-built anatomy for ``size``.
+    series : tuple of str
+        The 4-D series written besides the 3-D protocol (keys of :data:`SERIES_WRITERS`).
 
     Returns
     -------
     SynthPlan
+
+    Raises
+    ------
+    ValueError
+        Non-positive counts or SNR, or an unknown series.
     """
     if subjects < 1 or sessions < 1 or snr <= 0:
         raise ValueError("subjects and sessions must be >= 1 and snr > 0")
+    unknown = sorted(set(series) - set(SERIES_WRITERS))
+    if unknown:
+        raise ValueError(f"unknown series {unknown}; expected some of {sorted(SERIES_WRITERS)}")
     anatomy = anatomy or _make_anatomy(size)
     width = max(2, len(str(subjects)))
     parts = []
@@ -166,6 +194,7 @@ def make_plan(
         seed=seed,
         snr=snr,
         sigma=noise_sigma(build_protocol(), snr),
+        series=tuple(series),
     )
 
 
@@ -203,9 +232,28 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
             noise_rng = np.random.default_rng(child_seed(child_seed(part.seed, 2), t))
             ids, severity = render_lesions(anatomy, lesions, t)
             truth = _truth_maps(anatomy, tissue, severity)
-            _write_raw(plan, out_dir, part, ses, anatomy.brain, truth, noise_rng)
+            megre, megre_meta = _write_raw(
+                plan, out_dir, part, ses, anatomy.brain, truth, noise_rng
+            )
             _write_b1(plan, out_dir, part, ses, tissue.b1, noise_rng)
             rows = lesion_rows(anatomy, lesions, t, ids, truth)
+            scene = Scene(
+                root=out_dir,
+                subject=part.label,
+                session=ses,
+                patient=part.patient,
+                affine=plan.affine,
+                dseg=np.where(ids > 0, LESION, anatomy.labels).astype(np.uint8),
+                severity=severity,
+                lesion_ids=ids,
+                truth=truth,
+                snr=plan.snr,
+                seed=child_seed(child_seed(part.seed, 2), t),
+                megre=megre,
+                megre_metadata=megre_meta,
+            )
+            for name in plan.series:
+                SERIES_WRITERS[name](scene)
             write_truth(
                 out_dir,
                 part.label,
@@ -274,19 +322,27 @@ def _simulation_record(plan: SynthPlan) -> dict:
     }
 
 
-def _write_raw(plan, root, part, ses, brain, truth, rng) -> None:
+def _write_raw(plan, root, part, ses, brain, truth, rng) -> tuple[dict, dict]:
+    """Write the 3-D protocol; return the MEGRE complex channels and sidecars by echo time."""
     base = writer.subject_dir(root, part.label, ses)
     in_brain = {key: value[brain] for key, value in truth.items()}
     clean = np.zeros(plan.grid_shape, dtype=np.float32)
+    megre, megre_meta = {}, {}
     for vol in build_protocol():
         clean[brain] = vol.signal(in_brain)
         sigma = plan.sigma[vol.collection]
-        noisy = add_rician_noise(clean, sigma, rng)
+        real, imag = complex_noise(clean, sigma, rng)
+        noisy = np.hypot(real, imag)
+        if vol.collection == "MEGRE":
+            megre[vol.metadata["EchoTime"]] = (real, imag)
         step = max(sigma / QUANT_PER_SIGMA, float(noisy.max()) / 30000.0)
         path = base / vol.datatype / vol.filename(part.label, ses)
         writer.save_nifti(path, noisy, plan.affine, dtype=np.int16, step=step)
         meta = {**vol.metadata, **COMMON_METADATA}
         writer.write_json(path.with_name(vol.filename(part.label, ses, ".json")), meta)
+        if vol.collection == "MEGRE":
+            megre_meta[vol.metadata["EchoTime"]] = dict(vol.metadata)
+    return megre, megre_meta
 
 
 def _write_b1(plan, root, part, ses, b1_field, rng) -> None:

@@ -173,7 +173,14 @@ def build_protocol() -> tuple[Volume, ...]:
         te = round(0.004 + 0.005 * k, 6)
         meta = _gre_meta(15, 0.04, te)
         vols.append(
-            Volume("MEGRE", "anat", (("echo", str(k + 1)),), "MEGRE", meta, _spgr(15, 0.04, te))
+            Volume(
+                "MEGRE",
+                "anat",
+                (("echo", str(k + 1)), ("part", "mag")),
+                "MEGRE",
+                meta,
+                _spgr(15, 0.04, te),
+            )
         )
     for k in range(1, 17):
         te = round(0.010 * k, 6)

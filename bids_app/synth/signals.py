@@ -200,9 +200,20 @@ def add_rician_noise(signal: np.ndarray, sigma: float, rng: np.random.Generator)
     float32 ndarray
         ``sqrt((S + n1)^2 + n2^2)``, same shape as ``signal``.
     """
+    return np.hypot(*complex_noise(signal, sigma, rng))
+
+
+def complex_noise(
+    signal: np.ndarray, sigma: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The real and imaginary channels ``(S + n1, n2)`` behind :func:`add_rician_noise`.
+
+    Same draws in the same order, so ``hypot(*complex_noise(...))`` equals
+    :func:`add_rician_noise` with the same generator state (float32 arrays).
+    """
     real = rng.standard_normal(signal.shape, dtype=np.float32)
     real *= np.float32(sigma)
     real += signal.astype(np.float32, copy=False)
     imag = rng.standard_normal(signal.shape, dtype=np.float32)
     imag *= np.float32(sigma)
-    return np.hypot(real, imag)
+    return real, imag

@@ -23,7 +23,7 @@ def _tiny(tmp_path_factory) -> Path:
     from bids_app.synth.cli import main as synth
 
     root = tmp_path_factory.mktemp("contract") / "bids"
-    assert synth([str(root), "--size", "tiny", "--subjects", "1", "--seed", "3"]) == 0
+    assert synth([str(root), "--size", "tiny", "--subjects", "1", "--seed", "3", "--series"]) == 0
     return root
 
 

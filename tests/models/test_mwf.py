@@ -23,6 +23,7 @@ from bids_app.models.mwf import (
     nnls_objective,
     regularised_nnls,
 )
+from bids_app.models.mwf._nnls import GramStack
 from bids_app.models.mwf._regularise import dilate
 from bids_app.synth.mwf import epg_cpmg_signal, simulate_voxels
 
@@ -132,8 +133,12 @@ def noisy_problem():
 
 
 @pytest.mark.parametrize("factor", [1.02, 1.1])
-def test_chi2_raises_the_misfit_by_the_factor(noisy_problem, factor):
+@pytest.mark.parametrize("prepared", [False, True], ids=["active-set", "dual-newton"])
+def test_chi2_raises_the_misfit_by_the_factor(noisy_problem, factor, prepared):
+    """Both chi2 root finders: secant on the active-set NNLS (a plain Gram array) and
+    Newton on the reduced dual (a :class:`GramStack`, what the model uses)."""
     g, c, yy = noisy_problem
+    g = GramStack(g) if prepared else g
     _, mu0, chi0 = regularised_nnls(g, c, yy, n_meas=32, method="none")
     x, mu, chi2 = regularised_nnls(g, c, yy, n_meas=32, method="chi2", chi2_factor=factor)
     assert np.all(mu0 == 0)
@@ -205,17 +210,23 @@ def test_noiseless_three_pool_mwf_within_half_a_point(model):
     assert np.median(np.abs(fit.params[:, _col("Angle")] - truth["Angle"])) <= 0.5
 
 
-@pytest.mark.parametrize(("snr", "mwf_tol", "angle_tol"), [(100, 4.0, 3.0), (300, 2.0, 1.5)])
+@pytest.mark.parametrize(("snr", "mwf_tol", "angle_tol"), [(100, 3.6, 3.0), (300, 2.0, 1.2)])
 def test_wm_at_snr_with_fitted_angle(model, snr, mwf_tol, angle_tol):
     """Median |MWF error| and |angle error| in WM, true angle 150-180°.
 
-    At SNR 100 the MWF error is noise-limited: 3.3 points measured with the angle fitted and
-    the same with the true angle given, hence 4; at SNR 300 it is 1.9 points.
+    Measured: SNR 100, 3.3 points with the angle fitted (3.4 with the true angle given) and
+    2.5° median angle error; SNR 300, 1.9 points and 0.9°. At SNR 100 the MWF error is
+    noise-limited: the Cramér-Rao bound of the three-pool model is about 6 points SD for
+    an unbiased estimator, i.e. a median |error| near 4 (see the next test), so 2 points
+    is not reachable there; fitting the angle costs at most 0.3 points over the true one.
     """
     signal, truth = simulate_voxels(600, np.random.default_rng(5), snr=snr)
     fit = model.fit(signal)
     err = fit.params[:, _col("MWF")] - truth["MWF"]
     assert np.median(np.abs(err)) <= mwf_tol
+    given = MWFModel.from_collections(MWFModel.example_collections(), refocusing_angle="b1")
+    known = given.fit(signal, covariates={"b1": truth["Angle"] / 180}).params[:, _col("MWF")]
+    assert np.median(np.abs(err)) <= np.median(np.abs(known - truth["MWF"])) + 0.3
     assert np.median(np.abs(fit.params[:, _col("Angle")] - truth["Angle"])) <= angle_tol
     snr_map = fit.params[:, _col("SNR")]
     # the SNR map estimates the simulated SNR (Rician floor and fit misfit: within 25 %)
@@ -224,25 +235,118 @@ def test_wm_at_snr_with_fitted_angle(model, snr, mwf_tol, angle_tol):
     assert abs(np.median(t2iew / truth["T2IEW"]) - 1) < 0.05
 
 
-def test_truncated_coarse_search_matches_converged_search(model, monkeypatch):
-    """The coarse angle grid uses one active-set step per angle (the fast path); with the
-    NNLS converged at every coarse angle instead, the same voxels (SNR 100, 150-180°) must
-    get nearly the same angles and MWF: measured median 0 deg and 0 points, 95th percentile
-    0.5 deg (one fine step) and 0.03 points; tolerances: half a fine step and 0.05 points
-    median, two fine steps and 0.2 points at the 95th percentile."""
-    import bids_app.models.mwf._fit as fit_module
+def test_snr100_mwf_error_is_bounded_below_by_cramer_rao():
+    """Why the SNR-100 tolerance is what it is: the Fisher information of the three-pool
+    signal (M0, MWF, CSF, T2 MW, T2 IEW, angle; Gaussian noise, SD = largest echo / 100)
+    bounds the SD of any unbiased MWF estimate. Measured median bound 6.0 points."""
+    from bids_app.synth.mwf import three_pool_signal
 
-    signal, _ = simulate_voxels(300, np.random.default_rng(11), snr=100)
-    fast = model.fit(signal).params
-    monkeypatch.setattr(fit_module, "_COARSE_ITER", None)
-    exact = model.fit(signal).params
-    d_angle = np.abs(fast[:, _col("Angle")] - exact[:, _col("Angle")])
-    d_mwf = np.abs(fast[:, _col("MWF")] - exact[:, _col("MWF")])
-    step = np.diff(model.basis.angles[:2])[0]
-    assert np.median(d_angle) <= step / 2
-    assert np.percentile(d_angle, 95) <= 2 * step
-    assert np.median(d_mwf) <= 0.05
-    assert np.percentile(d_mwf, 95) <= 0.2
+    rng = np.random.default_rng(14)
+    n = 100
+    theta = np.stack(
+        [
+            np.full(n, 1000.0),
+            rng.uniform(0.1, 0.2, n),
+            rng.uniform(0.0, 0.02, n),
+            rng.uniform(0.01, 0.025, n),
+            rng.uniform(0.06, 0.09, n),
+            rng.uniform(150, 179, n),
+        ]
+    )
+    step = 1e-6 * np.maximum(np.abs(theta), 1e-3)
+    jac = []
+    for i in range(6):
+        up, dn = theta.copy(), theta.copy()
+        up[i] += step[i]
+        dn[i] -= step[i]
+        jac.append((three_pool_signal(*up) - three_pool_signal(*dn)) / (2 * step[i, :, None]))
+    jac = np.stack(jac, axis=-1)  # (n, echoes, 6)
+    sigma = three_pool_signal(*theta).max(axis=1) / 100
+    fisher = np.einsum("nki,nkj->nij", jac, jac) / sigma[:, None, None] ** 2
+    bound = 100 * np.sqrt(np.linalg.inv(fisher)[:, 1, 1])
+    assert np.median(bound) > 2 / 0.6745  # a median |error| of 2 needs SD <= 3 points
+
+
+def test_ridge_angle_criterion_matches_the_nnls_misfit_search(model):
+    """The angle is chosen by a ridge misfit (one matrix product), not the NNLS misfit of
+    Prasloski et al. 2012. Against the NNLS-misfit search on the same grids (coarse NNLS
+    misfits, spline, best fine angle within 3 steps by NNLS) at SNR 100, 150-180°: both are
+    about as far from the truth (measured medians 2.5° vs 2.4°, MWF 3.4 vs 3.4 points), so
+    the tolerances are 0.5° and 0.3 points on the medians."""
+    from bids_app.models.mwf._fit import _spline_argmin
+
+    signal, truth = simulate_voxels(300, np.random.default_rng(11), snr=100)
+    fit = model.fit(signal).params
+    b = model.basis
+    y = signal / signal.max(axis=1, keepdims=True)
+    yy = np.sum(y**2, axis=1)
+
+    def misfit(a_idx):
+        c = y @ b.bases[a_idx]
+        x, _ = nnls_gram(b.grams[a_idx], c)
+        return nnls_objective(b.grams[a_idx], c, yy, x)
+
+    start = _spline_argmin(b, np.stack([misfit(a) for a in b.coarse]))
+    table = np.stack([misfit(a) for a in range(b.angles.size)])
+    lo = np.clip(start - 3, 0, b.angles.size - 7)
+    local = np.take_along_axis(table, lo[None, :] + np.arange(7)[:, None], axis=0)
+    nnls_angle = b.angles[lo + np.argmin(local, axis=0)]
+    ours = np.median(np.abs(fit[:, _col("Angle")] - truth["Angle"]))
+    theirs = np.median(np.abs(nnls_angle - truth["Angle"]))
+    assert ours <= theirs + 0.5
+    given = MWFModel.from_collections(MWFModel.example_collections(), refocusing_angle="b1")
+    mwf_nnls = given.fit(signal, covariates={"b1": nnls_angle / 180}).params[:, _col("MWF")]
+    err_ours = np.median(np.abs(fit[:, _col("MWF")] - truth["MWF"]))
+    err_nnls = np.median(np.abs(mwf_nnls - truth["MWF"]))
+    assert err_ours <= err_nnls + 0.3
+
+
+def test_dual_newton_equals_the_active_set_solution():
+    """Regularised NNLS by semismooth Newton on the reduced dual (the fast chi2 path) and by
+    the primal active set, at the same weights: the same objective to 1e-6 relative (the
+    reduction drops Gram eigenvalues below 1e-11 of the largest; measured 2e-7, 5000x
+    below the chi2 tolerance), and the same myelin-water share to 1e-3, i.e. 0.1 MWF point
+    (measured 2e-4 at most: the objective is flat, curvature ``mu``, along some directions).
+    """
+    from bids_app.models.mwf._dual import _newton, _times
+    from bids_app.models.mwf._nnls import GramStack, _runs
+
+    rng = np.random.default_rng(12)
+    bases = epg_cpmg_decay(T2, 0.01, 32, [150.0, 165.0, 180.0])
+    stack = GramStack(np.einsum("aki,akj->aij", bases, bases))
+    assert stack.rank < 20
+    idx = np.sort(rng.integers(0, 3, 300))
+    f = np.zeros((300, 40))
+    f[:, 6], f[:, 18], f[:, 39] = rng.uniform(0.05, 0.3, 300), 1.0, 0.02
+    y = np.einsum("nm,nkm->nk", f, bases[idx]) + rng.normal(0, 0.01, (300, 32))
+    c = np.einsum("nk,nkm->nm", y, bases[idx])
+    mu = 10.0 ** rng.uniform(-5, -2, 300) * np.trace(stack.gram[idx], axis1=1, axis2=2) / 40
+    runs = _runs(idx)
+    z = _times(c, stack.zproj, runs)
+    lam, _ = _newton(stack, idx, z, mu, z.copy())
+    x_dual = np.maximum(_times(lam, stack.b, runs), 0) / mu[:, None]
+    x_primal, _ = nnls_gram(stack.gram, c, index=idx, ridge=mu)
+    assert np.median(np.count_nonzero(x_primal, axis=1)) > stack.rank  # large supports
+    assert np.all(x_dual >= 0)
+
+    def objective(x):
+        r = np.einsum("nm,nkm->nk", x, bases[idx]) - y
+        return np.sum(r**2, axis=1) + mu * np.sum(x**2, axis=1)
+
+    assert_allclose(objective(x_dual), objective(x_primal), rtol=1e-6)
+    share = [x[:, T2 < 0.04].sum(1) / x.sum(1) for x in (x_dual, x_primal)]
+    assert_allclose(share[0], share[1], atol=1e-3)
+
+
+def test_batched_cholesky_solve():
+    from bids_app.models.mwf._dual import _spd_solve
+
+    rng = np.random.default_rng(13)
+    m = rng.standard_normal((50, 11, 11)) * np.geomspace(1, 1e-3, 11)
+    a = np.eye(11) + 1e4 * m @ m.transpose(0, 2, 1)
+    b = rng.standard_normal((50, 11, 2))
+    x = _spd_solve(a.transpose(1, 2, 0).copy(), b.transpose(1, 2, 0).copy())  # (r, k, n)
+    assert_allclose(x.transpose(2, 0, 1), np.linalg.solve(a, b), rtol=1e-7, atol=1e-12)
 
 
 def test_lesion_mwf_below_wm(model):

@@ -52,7 +52,7 @@ def tiny_bids(tmp_path_factory) -> Path:
     from bids_app.synth.cli import main as synth
 
     root = tmp_path_factory.mktemp("tiny") / "bids"
-    assert synth([str(root), "--size", "tiny", "--subjects", "2", "--seed", "1"]) == 0
+    assert synth([str(root), "--size", "tiny", "--subjects", "2", "--seed", "1", "--series"]) == 0
     return root
 
 

@@ -188,10 +188,10 @@ SYNTH_MODELS = ("b1", "vfa_t1", "megre_r2star", "mese_t2", "mtr", "mtsat")
 def test_broken_subject_does_not_touch_the_other(dataset, msqmri, edit_json):
     """Only sub-01 is broken (EchoTime in ms): the run exits with sub-01's 65, and sub-02
     has every map of every model (native and reference space) and its region table."""
-    edit_json(dataset / "sub-01/anat/sub-01_echo-3_MEGRE.json", EchoTime=12.0)
+    edit_json(dataset / "sub-01/anat/sub-01_echo-3_part-mag_MEGRE.json", EchoTime=12.0)
     res = msqmri(dataset, subjects=(), models=(), lesions=True)
     assert res.code == 65
-    res.one_error("sub-01:", "sub-01_echo-3_MEGRE.json", "EchoTime=12.0", "milliseconds")
+    res.one_error("sub-01:", "sub-01_echo-3_part-mag_MEGRE.json", "EchoTime=12.0", "milliseconds")
     assert not [p for p in res.out.rglob("sub-01*") if p.name != "sub-01.html"]
     sub = res.out / "sub-02"
     keys = []

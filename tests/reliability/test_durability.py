@@ -56,7 +56,9 @@ def bids(tmp_path_factory) -> Path:
     from bids_app.synth.cli import main as synth
 
     def build(root: Path) -> dict:
-        assert synth([str(root), "--size", "tiny", "--subjects", "2", "--seed", "1"]) == 0
+        assert (
+            synth([str(root), "--size", "tiny", "--subjects", "2", "--seed", "1", "--series"]) == 0
+        )
         return {}
 
     root, _ = build_once(tmp_path_factory, "durability-bids", build)

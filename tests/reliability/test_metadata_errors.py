@@ -33,7 +33,7 @@ CASES = [
     ("null", VFA2, (), {"FlipAngle": None}, ("vfa_t1",), ("FlipAngle=None", "be present")),
     (
         "echo-time-in-ms",
-        A + "sub-01_echo-2_MEGRE.json",
+        A + "sub-01_echo-2_part-mag_MEGRE.json",
         (),
         {"EchoTime": 8.0},
         ("megre_r2star",),
@@ -73,7 +73,7 @@ CASES = [
     ),
     (
         "zero-echo-time",
-        A + "sub-01_echo-1_MEGRE.json",
+        A + "sub-01_echo-1_part-mag_MEGRE.json",
         (),
         {"EchoTime": 0},
         ("megre_r2star",),
@@ -81,7 +81,7 @@ CASES = [
     ),
     (
         "not-finite",
-        A + "sub-01_echo-1_MEGRE.json",
+        A + "sub-01_echo-1_part-mag_MEGRE.json",
         (),
         {"EchoTime": float("nan")},  # Python's json writes and reads NaN
         ("megre_r2star",),
@@ -90,7 +90,7 @@ CASES = [
     ("string-angle", VFA2, (), {"FlipAngle": "8"}, ("vfa_t1",), ("FlipAngle='8'", "degrees")),
     (
         "string-time",
-        A + "sub-01_echo-1_MEGRE.json",
+        A + "sub-01_echo-1_part-mag_MEGRE.json",
         (),
         {"EchoTime": "0.004"},
         ("megre_r2star",),

@@ -59,12 +59,28 @@ DWI_ALTERNATIVES = (("dwi_preproc",), ("dwi",))
 #: the preprocessing options every DWI model has (one shared preprocessing per value set)
 PREPROC_OPTIONS: dict[str, Option] = {
     "denoise": Option(
-        "mppca", str, ("mppca", "patch2self", "none"), doc="denoising of the raw series"
+        "mppca",
+        str,
+        ("mppca", "mppca_dipy", "patch2self", "none"),
+        doc="denoising of the raw series (mppca: batched MP-PCA, Veraart 2016; mppca_dipy: "
+        "dipy's implementation of the same)",
     ),
     "denoise_patch_radius": Option(
         2, int, range=(1, 5), unit="voxels", doc="MP-PCA patch radius (window 2r+1)"
     ),
-    "gibbs": Option(True, bool, doc="Gibbs-ringing removal (subvoxel shifts, per slice)"),
+    "denoise_stride": Option(
+        2,
+        int,
+        range=(1, 3),
+        unit="voxels",
+        doc="mppca: patch centres every stride voxels (1: every voxel, as dipy)",
+    ),
+    "gibbs": Option(
+        False,
+        bool,
+        doc="Gibbs-ringing removal (subvoxel shifts, per slice; Kellner 2016); off by "
+        "default: it assumes full k-space sampling, and most clinical DWI is partial Fourier",
+    ),
     "motion": Option(
         "rigid", str, ("rigid", "affine", "none"), doc="volume-to-mean-b0 registration"
     ),

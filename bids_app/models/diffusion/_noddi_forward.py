@@ -141,6 +141,20 @@ def stick_legendre_moments(x, l_max=L_MAX):
     return (np.exp(-x[:, None] * u[None, :] ** 2) * w[None, :]) @ legs.T
 
 
+def even_legendre(x: np.ndarray, l_max: int):
+    """Yield ``(l, P_l(x))`` for even ``l <= l_max`` by Bonnet's three-term recurrence.
+
+    ``(n + 1) P_{n+1} = (2n + 1) x P_n - n P_{n-1}``: one pass of ``l_max`` steps, instead
+    of evaluating each degree from scratch (``scipy.special.eval_legendre``).
+    """
+    prev, cur = np.ones_like(x), np.array(x, dtype=float, copy=True)
+    yield 0, prev
+    for n in range(1, l_max):
+        prev, cur = cur, ((2 * n + 1) * x * cur - n * prev) / (n + 1)
+        if (n + 1) % 2 == 0:
+            yield n + 1, cur
+
+
 def intra_signal(bvals, cos_theta, kappa, d_par=D_PAR, l_max=L_MAX):
     """Watson-dispersed stick signal ``A_ic``.
 
@@ -237,8 +251,8 @@ def noddi_signal(bvals, bvecs, direction, icvf, odi, isovf, s0=1.0, d_par=D_PAR,
     s = stick_legendre_moments(ub * d_par)[inv]  # (n_meas, n_l)
     wl = watson_legendre_moments(kappa)  # (n_vox, n_l)
     a_ic = np.zeros_like(cos)
-    for j, ell in enumerate(range(0, L_MAX + 1, 2)):
-        a_ic += (2 * ell + 1) * wl[:, j : j + 1] * s[None, :, j] * eval_legendre(ell, cos)
+    for j, (ell, p_ell) in enumerate(even_legendre(cos, L_MAX)):
+        a_ic += (2 * ell + 1) * wl[:, j : j + 1] * s[None, :, j] * p_ell
     a_ec = extra_signal(bvals, cos, kappa[:, None], icvf[:, None], d_par)
     tissue = icvf[:, None] * a_ic + (1.0 - icvf[:, None]) * a_ec
     iso = np.exp(-bvals * d_iso)[None, :]

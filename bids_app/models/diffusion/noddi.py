@@ -20,20 +20,21 @@ from typing import ClassVar
 
 import numpy as np
 
-from bids_app.models.base import Option
+from bids_app.models.base import Option, register
 from bids_app.models.diffusion._inputs import PREPROC_OPTIONS, DWIModel
 from bids_app.models.diffusion._noddi_amico import fit_noddi
 from bids_app.models.diffusion._noddi_forward import D_ISO, D_PAR
 from bids_app.models.diffusion.tensor import dwimap
 
 
+@register
 class NODDI(DWIModel):
     """NODDI: ICVF (neurite density), ODI and ISOVF by the dictionary fit.
 
-    Not registered yet: the dictionary grid limits noiseless recovery to ~5e-3 relative on
-    most voxels but up to 3x on small ISOVF values (measured with the registry contract
-    test at ``contract_rtol`` 2e-2: 79 of 900 values outside), so the contract needs an
-    absolute tolerance for fractions before ``noddi`` joins the registry.
+    The dictionary grid limits noiseless recovery to ~5e-3 relative on most voxels; a few
+    snap to a neighbouring grid value (ICVF step 1/24 with the default 25 values: measured
+    max absolute error 0.043 on 300 random voxels), so the registry contract test uses
+    ``contract_rtol`` 2e-2 with ``contract_atol`` 0.05 (one grid step).
 
     Needs two or more non-zero shells (the NODDI protocols: b = 700-1000 and 2000-3000).
     Intrinsic diffusivities are fixed (``d_par`` 1.7e-3, free water 3.0e-3 mm²/s).
@@ -48,6 +49,7 @@ class NODDI(DWIModel):
     min_shells = 2
     #: noiseless recovery tolerance of tests/models/test_registry_contract.py (grid-limited)
     contract_rtol: ClassVar[float] = 2e-2
+    contract_atol: ClassVar[float] = 0.05
     outputs = (
         dwimap("ICVF", "noddi", "icvf", "1", (0.0, 1.0)),
         dwimap("ODI", "noddi", "odi", "1", (0.0, 1.0)),

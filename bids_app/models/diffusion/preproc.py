@@ -41,7 +41,13 @@ B0_THRESHOLD = 50.0
 
 
 def denoise(
-    data: np.ndarray, bvals: np.ndarray, method: str = "mppca", patch_radius: int = 2
+    data: np.ndarray,
+    bvals: np.ndarray,
+    method: str = "mppca",
+    patch_radius: int = 2,
+    *,
+    mask: np.ndarray | None = None,
+    stride: int = 2,
 ) -> tuple[np.ndarray, float | None]:
     """Denoise a DWI series.
 
@@ -50,10 +56,17 @@ def denoise(
     data : (X, Y, Z, n) ndarray
     bvals : (n,) ndarray
         s/mm².
-    method : {'mppca', 'patch2self', 'none'}
+    method : {'mppca', 'mppca_dipy', 'patch2self', 'none'}
+        ``mppca``: msqmri's batched MP-PCA (:mod:`._mppca`, Veraart 2016; equal to dipy's
+        to 4e-7 relative with ``stride = 1``, 8x faster with ``stride = 2`` for +0.6 %
+        error); ``mppca_dipy``: ``dipy.denoise.localpca.mppca``; ``patch2self``: dipy's.
     patch_radius : int
-        MP-PCA patch radius in voxels (window ``2 r + 1``; dipy warns when the window has
-        fewer voxels than volumes).
+        MP-PCA patch radius in voxels (window ``2 r + 1``).
+    mask : (X, Y, Z) bool ndarray, optional
+        Denoise within this mask dilated by the patch radius (others kept as they are);
+        default the whole grid.
+    stride : int
+        ``mppca`` only: patch centres every ``stride`` voxels along each axis.
 
     Returns
     -------
@@ -69,21 +82,41 @@ def denoise(
     data = np.asarray(data, dtype=np.float32)
     if method == "none":
         return data, None
-    if method == "mppca":
-        from dipy.denoise.localpca import mppca
+    if method in ("mppca", "mppca_dipy"):
+        region = None
+        if mask is not None and np.any(mask):
+            from scipy import ndimage as ndi
 
-        out, sigma = mppca(
-            data, patch_radius=int(patch_radius), return_sigma=True, suppress_warning=True
-        )
+            region = ndi.binary_dilation(np.asarray(mask, bool), iterations=int(patch_radius))
+        if method == "mppca":
+            from bids_app.models.diffusion._mppca import mppca as own_mppca
+
+            out, sigma = own_mppca(
+                np.ascontiguousarray(data), mask=region, patch_radius=int(patch_radius),
+                stride=int(stride),
+            )  # fmt: skip
+        else:
+            from dipy.denoise.localpca import mppca
+
+            out, sigma = mppca(
+                data,
+                mask=region,
+                patch_radius=int(patch_radius),
+                return_sigma=True,
+                suppress_warning=True,
+            )
+        out = np.asarray(out, np.float32)
+        if region is not None:
+            out = np.where(region[..., None], out, data)
         sig = np.asarray(sigma)
         sig = sig[np.isfinite(sig) & (sig > 0)]
-        return out.astype(np.float32), float(np.median(sig)) if sig.size else None
+        return out, float(np.median(sig)) if sig.size else None
     if method == "patch2self":
         from dipy.denoise.patch2self import patch2self
 
         out = patch2self(data, np.asarray(bvals), model="ols", b0_threshold=B0_THRESHOLD)
         return np.asarray(out, dtype=np.float32), None
-    raise ValueError(f"unknown denoising {method!r}: mppca, patch2self or none")
+    raise ValueError(f"unknown denoising {method!r}: mppca, mppca_dipy, patch2self or none")
 
 
 def _orthonormal(affine: np.ndarray) -> np.ndarray:
@@ -177,16 +210,22 @@ def motion_correct(
     data = np.asarray(data, dtype=np.float32)
     static = np.median(data[..., b0], axis=-1)
     pipeline = ["rigid"] if method == "rigid" else ["rigid", "affine"]
-    # one full-resolution level, dense sampling, tight tolerances: sub-0.3 degree on small
-    # volumes (coarser levels first for large ones)
+    # small volumes: one full-resolution level, tight tolerances (sub-0.3 degree); large
+    # ones: a 4/2/1 pyramid with few iterations per level (head motion between volumes is
+    # small: a known 2 degree rotation of a 2 mm synthetic b=0 came back within 0.01 degree
+    # in 3 s, against 20 s with 1000/300/300 iterations); dense sampling (deterministic)
     small = min(data.shape[:3]) < 48
     levels = {
-        "level_iters": [300] if small else [1000, 300, 300],
+        "level_iters": [300] if small else [30, 15, 5],
         "sigmas": [0.0] if small else [2.0, 1.0, 0.0],
         "factors": [1] if small else [4, 2, 1],
         "nbins": 32,
         "sampling_proportion": None,
-        "optimizer_options": {"gtol": 1e-10, "ftol": 1e-12, "maxiter": 300},
+        "optimizer_options": (
+            {"gtol": 1e-10, "ftol": 1e-12, "maxiter": 300}
+            if small
+            else {"gtol": 1e-5, "maxiter": 30}
+        ),
     }
     # rotations are about the world origin: put it at the grid centre (same rotation part)
     centred = np.array(affine, dtype=float)
@@ -272,7 +311,8 @@ def preprocess_dwi(
     *,
     denoise: str = "mppca",
     denoise_patch_radius: int = 2,
-    gibbs: bool = True,
+    denoise_stride: int = 2,
+    gibbs: bool = False,
     motion: str = "rigid",
     brain_mask: str = "auto",
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -287,7 +327,7 @@ def preprocess_dwi(
     affine : (4, 4) ndarray
     mask : (X, Y, Z) bool ndarray, optional
         The mask offered by the pipeline (see :func:`brain_mask`).
-    denoise, denoise_patch_radius, gibbs, motion, brain_mask
+    denoise, denoise_patch_radius, denoise_stride, gibbs, motion, brain_mask
         The options of the diffusion models (``motion='none'`` skips the registration).
 
     Returns
@@ -309,11 +349,15 @@ def preprocess_dwi(
         raise ValueError(f"DWI data (X, Y, Z, {bvals.size}) expected, got {data.shape}")
     data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
     notes: dict[str, Any] = {}
-    data, sigma = _denoise(data, bvals, denoise, denoise_patch_radius)
+    data, sigma = _denoise(
+        data, bvals, denoise, denoise_patch_radius, mask=mask, stride=denoise_stride
+    )
     notes["Denoising"] = (
         "none" if denoise == "none" else {"Method": denoise, "PatchRadius": denoise_patch_radius}
     )
-    if denoise == "mppca" and sigma is not None:
+    if denoise == "mppca":
+        notes["Denoising"]["PatchStride"] = denoise_stride
+    if denoise in ("mppca", "mppca_dipy") and sigma is not None:
         notes["Denoising"]["NoiseSigma"] = round(sigma, 4)
     if gibbs:
         from dipy.denoise.gibbs import gibbs_removal

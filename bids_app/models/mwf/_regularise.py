@@ -9,7 +9,11 @@ weight ``mu`` is chosen per voxel by one of:
 ``chi2``
     The ``mu`` whose misfit is ``factor`` times the unregularised one (1.02 is the common
     choice; Whittall and MacKay 1989; Prasloski T et al. Magn Reson Med 2012;67:1803-1814),
-    found by secant steps on ``log(chi2 / chi2_min - 1)`` against ``log mu`` (nearly linear).
+    found by Newton steps on ``log(chi2 / chi2_min - 1)`` against ``log mu`` (nearly
+    linear) with a semismooth Newton solver of the dual when the Gram matrices come as a
+    :class:`~bids_app.models.mwf._nnls.GramStack` with a reduced basis
+    (:mod:`bids_app.models.mwf._dual`, what the model uses), else by secant steps on the
+    active-set NNLS.
 ``gcv``
     The minimum of generalised cross-validation ``chi2 / (n - dof)²`` over a log grid of
     weights, ``dof = tr(G_P (G_P + mu I)⁻¹)`` on the passive set ``P`` (Golub GH, Heath M,
@@ -25,15 +29,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from bids_app.models.mwf._nnls import nnls_gram, nnls_objective
+from bids_app.models.mwf._dual import chi2_dual
+from bids_app.models.mwf._nnls import GramStack, nnls_gram, nnls_objective
 
 __all__ = ["METHODS", "regularised_nnls"]
 
 METHODS = ("none", "chi2", "gcv", "lcurve")
 
-#: chi2 bracketing: first relative weight tried (typical at SNR 50-300), decades at most
-#: and the range of log10 relative weights searched
-_START, _MAX_DECADES, _LOWEST, _HIGHEST = -4.0, 6, -9.0, 2.0
+#: chi2 root: first log10 relative weight tried (the median root at SNR 100 is -3.9), the
+#: prior slope of g per decade, and the range of log10 relative weights searched
+_START, _SLOPE, _LOWEST, _HIGHEST = -4.0, 1.55, -9.0, 2.0
 #: relative weights of the gcv/lcurve grid
 _GRID = 10.0 ** np.linspace(-7.0, 1.0, 17)
 #: T2 indices by which the plain NNLS support is grown to warm-start the first chi2 weight
@@ -49,13 +54,19 @@ def dilate(passive: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
+def _raw(gram):
+    """The (g, m, m) array of a Gram matrix, stack or :class:`GramStack`."""
+    g = gram.gram if isinstance(gram, GramStack) else np.asarray(gram, dtype=np.float64)
+    return g if g.ndim == 3 else g[None]
+
+
 def _take(index, rows):
     return None if index is None else index[rows]
 
 
 def _dof(gram, index, passive, mu):
     """``tr(G_P (G_P + mu I)⁻¹) = |P| - mu tr((G_P + mu I)⁻¹)`` per voxel."""
-    gram = gram if gram.ndim == 3 else gram[None]
+    gram = _raw(gram)
     n = passive.shape[0]
     index = np.zeros(n, np.intp) if index is None else index
     sizes = np.count_nonzero(passive, axis=1)
@@ -77,10 +88,11 @@ def _chi2_root(gram, c, yy, index, x0, p0, chi2_0, factor, scale, tol, max_iter)
     The root is sought on ``g(t) = log(chi2(mu) / chi2_0 - 1) - log(factor - 1)`` with
     ``t = log10 mu``: the misfit increase of Tikhonov regularisation grows as ``mu²`` for
     small weights and saturates for large ones (Hansen PC, Rank-Deficient and Discrete
-    Ill-Posed Problems, SIAM 1998, ch. 4), so ``g`` is nearly linear in ``t`` (slope <= 2
-    ln 10) and secant steps converge in a few NNLS solves. Secant steps lengthened 1.5x (at
-    most two decades) bracket the root, then Illinois regula falsi on ``g`` refines it;
-    the solution closest to the target misfit is returned.
+    Ill-Posed Problems, SIAM 1998, ch. 4), so ``g`` is nearly linear in ``t`` (measured
+    slope 0.8-2.3 per decade on EPG bases, median 1.55: :data:`_SLOPE`). A first step with
+    that slope, then secant steps (regula falsi inside the bracket once the root is
+    bracketed, Illinois-damped) converge in 3-4 NNLS solves, each warm-started from the
+    previous weight's passive set; the solution closest to the target misfit is returned.
     """
     n = c.shape[0]
     target = factor * chi2_0
@@ -96,10 +108,9 @@ def _chi2_root(gram, c, yy, index, x0, p0, chi2_0, factor, scale, tol, max_iter)
     todo = np.flatnonzero(chi2_0 > 1e-13 * yy)
     lo = np.full(n, -np.inf)  # log10 of relative weights, g(lo) < 0 <= g(hi)
     hi = np.full(n, np.inf)
-    g_lo = np.full(n, -np.inf)
+    g_lo = np.full(n, np.nan)
     g_hi = np.full(n, np.nan)
     best = np.full(n, np.inf)
-    slope = 2.0 * np.log(10.0)
 
     def evaluate(rows, logm):
         ridge = 10.0**logm * scale[rows]
@@ -117,36 +128,39 @@ def _chi2_root(gram, c, yy, index, x0, p0, chi2_0, factor, scale, tol, max_iter)
         lo[rows[~up]], g_lo[rows[~up]] = logm[~up], g[~up]
         return g
 
-    logm = np.full(n, _START)
-    prev_t, prev_g = np.full(n, np.nan), np.full(n, np.nan)
+    t_prev = np.full(n, np.nan)
+    g_prev = np.full(n, np.nan)
+    t_now = np.full(n, _START)
+    side = np.zeros(n, dtype=np.int8)  # Illinois: which end was replaced last time
     rows = todo
-    for _ in range(_MAX_DECADES):  # bracket: secant steps, 1.5x long, two decades at most
+    for _ in range(max_iter):
         if rows.size == 0:
             break
-        t_now = logm[rows]
-        g = evaluate(rows, t_now)
+        t = t_now[rows]
+        g = evaluate(rows, t)
         with np.errstate(divide="ignore", invalid="ignore"):
-            sec = (g - prev_g[rows]) / (t_now - prev_t[rows])
-        sec = np.clip(np.where(np.isfinite(sec), sec, slope), 0.2, slope)
-        prev_t[rows], prev_g[rows] = t_now, g
-        logm[rows] = t_now - np.clip(1.5 * g / sec, -2.0, 2.0)
-        rows = rows[~(np.isfinite(lo[rows]) & np.isfinite(hi[rows])) & (best[rows] > tol)]
-        rows = rows[(logm[rows] >= _LOWEST) & (logm[rows] <= _HIGHEST)]
-    todo = todo[np.isfinite(hi[todo]) & np.isfinite(lo[todo]) & (best[todo] > tol)]
-    side = np.zeros(n, dtype=np.int8)  # Illinois: which end was replaced last time
-    for _ in range(max_iter):
-        if todo.size == 0:
-            break
-        a, b, ga, gb = lo[todo], hi[todo], g_lo[todo], g_hi[todo]
-        t = np.clip(np.nan_to_num(ga / (ga - gb), nan=0.5), 0.02, 0.98)
-        new = a + t * (b - a)
-        g = evaluate(todo, new)
+            sec = (g - g_prev[rows]) / (t - t_prev[rows])
+        sec = np.clip(np.where(np.isfinite(sec), sec, _SLOPE), 0.3, 5.0)
+        t_prev[rows], g_prev[rows] = t, g
+        new = t - np.clip(g / sec, -2.0, 2.0)
+        a, b = lo[rows], hi[rows]
+        both = np.isfinite(a) & np.isfinite(b)
+        # inside a bracket: the secant point if it falls well inside, else regula falsi
+        # with the end kept twice in a row halved (Illinois)
         up = g >= 0
-        s = side[todo]
-        g_lo[todo[up & (s == 1)]] *= 0.5  # the same end replaced twice: halve the other
-        g_hi[todo[~up & (s == -1)]] *= 0.5
-        side[todo] = np.where(up, 1, -1)
-        todo = todo[best[todo] > tol]
+        s = side[rows]
+        halve_lo = both & up & (s == 1)
+        halve_hi = both & ~up & (s == -1)
+        g_lo[rows[halve_lo]] *= 0.5
+        g_hi[rows[halve_hi]] *= 0.5
+        side[rows] = np.where(up, 1, -1)
+        ga, gb = g_lo[rows], g_hi[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.clip(np.nan_to_num(ga / (ga - gb), nan=0.5), 0.05, 0.95)
+            inside = (new > a + 0.05 * (b - a)) & (new < b - 0.05 * (b - a))
+            new = np.where(both & ~inside, a + frac * (b - a), new)
+        t_now[rows] = new
+        rows = rows[(best[rows] > tol) & (new >= _LOWEST) & (new <= _HIGHEST)]
     return x, mu
 
 
@@ -199,7 +213,7 @@ def regularised_nnls(
 
     Parameters
     ----------
-    gram : (m, m) or (g, m, m) ndarray
+    gram : (m, m) or (g, m, m) ndarray, or GramStack
         ``AᵀA``; a stack needs ``index`` (see :func:`~bids_app.models.mwf._nnls.nnls_gram`).
     c : (n, m) ndarray
         ``Aᵀy`` per voxel.
@@ -216,7 +230,7 @@ def regularised_nnls(
     chi2_tol : float
         Relative tolerance on the reached misfit of ``chi2``.
     max_iter : int
-        Regula falsi iterations of ``chi2`` at most.
+        NNLS solves (weights tried) of ``chi2`` at most.
 
     Returns
     -------
@@ -236,13 +250,16 @@ def regularised_nnls(
         raise ValueError(f"unknown regularisation {method!r}; valid: {list(METHODS)}")
     if chi2_factor < 1:
         raise ValueError(f"chi2_factor must be >= 1, got {chi2_factor}")
-    g = gram if gram.ndim == 3 else gram[None]
+    g = _raw(gram)
     scale = np.trace(g, axis1=1, axis2=2) / g.shape[1]
     scale = scale[0 if index is None else index] * np.ones(c.shape[0])
     x0, p0 = nnls_gram(gram, c, index=index, passive=passive)
     chi2_0 = nnls_objective(gram, c, yy, x0, index)
     if method == "none" or c.shape[0] == 0:
         x, mu = x0, np.zeros(c.shape[0])
+    elif method == "chi2" and isinstance(gram, GramStack) and gram.b is not None:
+        index = np.zeros(c.shape[0], np.intp) if index is None else np.asarray(index, np.intp)
+        x, mu = chi2_dual(gram, c, yy, index, x0, chi2_0, chi2_factor, scale, chi2_tol, max_iter)
     elif method == "chi2":
         x, mu = _chi2_root(
             gram, c, yy, index, x0, p0, chi2_0, chi2_factor, scale, chi2_tol, max_iter
