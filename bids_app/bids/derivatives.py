@@ -60,6 +60,7 @@ BIDSIGNORE = (
     "*_desc-rmse_*",
     "*_desc-localfield_*",  # QSM field maps (a fieldmap suffix is not BIDS under anat/)
     "*_desc-totalfield_*",
+    "**/perf",  # CBF/ATT, DSC and DCE maps: no BIDS derivative suffixes yet (ASL BEP pending)
 )
 
 
