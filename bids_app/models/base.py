@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bids_app.models.fitting import fit_masked
+from bids_app.models.fitting import fit_masked, fit_rows_as_volume
 from bids_app.models.results import QMRIFit
 from bids_app.models.specs import (
     Collection,
@@ -231,6 +231,8 @@ class QMRIModel(ABC):
     contract_rtol: ClassVar[float] = 1e-6
     #: absolute tolerance of the same test (fractions of a dictionary fit near zero)
     contract_atol: ClassVar[float] = 0.0
+    #: whole-volume models that also fit plain (..., n) rows: the input the rows are
+    rows_input: ClassVar[str | None] = None
 
     def registration_image(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
         """The 3-D image registered to the subject's reference image for this model.
@@ -299,6 +301,8 @@ class QMRIModel(ABC):
         """
         if self.kind == "voxelwise":
             return fit_masked(self, data, mask=mask, **kwargs)
+        if self.rows_input and not isinstance(data, Mapping):
+            return fit_rows_as_volume(self, data, mask=mask, affine=affine, **kwargs)
         return _fit_whole_volume(self, data, mask=mask, affine=affine, **kwargs)
 
 

@@ -349,3 +349,41 @@ def fit_masked(
     )
     params = params.reshape((*spatial, n_params))
     return QMRIFit(model, params, rmse.reshape(spatial) if has_rmse else None)
+
+
+def fit_rows_as_volume(
+    model: QMRIModel,
+    data: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    affine: np.ndarray | None = None,
+    covariates: Mapping[str, np.ndarray] | None = None,
+    **kwargs: Any,
+) -> QMRIFit:
+    """Fit plain signal rows with a whole-volume model that declares ``rows_input``.
+
+    Parameters
+    ----------
+    model : QMRIModel
+        A ``kind = "volume"`` model whose ``rows_input`` names the input the rows are.
+    data : (..., n) array_like
+        One row per voxel; fitted as a (N, 1, 1, n) volume.
+    mask, covariates : array_like, optional
+        Shaped like ``data[..., 0]``.
+    affine : (4, 4) array_like, optional
+
+    Returns
+    -------
+    QMRIFit
+        ``params`` (..., n_params), ``rmse`` (...) or None.
+    """
+    arr = np.asarray(data, dtype=np.float64)
+    arr = arr[None] if arr.ndim == 1 else arr
+    lead = arr.shape[:-1]
+    vol = arr.reshape(-1, 1, 1, arr.shape[-1])
+    cov = {k: np.asarray(v, float).reshape(-1, 1, 1) for k, v in (covariates or {}).items()}
+    if mask is not None:
+        mask = np.asarray(mask, bool).reshape(-1, 1, 1)
+    fit = model.fit({model.rows_input: vol}, mask=mask, affine=affine, covariates=cov, **kwargs)
+    rmse = None if fit.rmse is None else fit.rmse.reshape(lead)
+    return QMRIFit(model, fit.params.reshape(*lead, -1), rmse)

@@ -24,7 +24,6 @@ from bids_app.models.base import (
     Companion,
     InputSpec,
     Option,
-    QMRIFit,
     QMRIModel,
     Volume,
 )
@@ -143,6 +142,7 @@ class DWIModel(QMRIModel):
     """
 
     kind = "volume"
+    rows_input = "dwi"
     inputs = DWI_INPUTS
     alternatives = DWI_ALTERNATIVES
     #: smallest number of distinct non-zero shells the model needs
@@ -254,21 +254,6 @@ class DWIModel(QMRIModel):
         return model
 
     # ------------------------------------------------------------------------- fit
-
-    def fit(self, data, *, mask=None, affine=None, **kwargs) -> QMRIFit:
-        """Fit a mapping ``{input: (X, Y, Z, n)}`` or a plain (..., n) array (see Notes)."""
-        if isinstance(data, Mapping):
-            return super().fit(data, mask=mask, affine=affine, **kwargs)
-        arr = np.asarray(data)
-        if arr.ndim == 1:
-            arr = arr[None]
-        lead = arr.shape[:-1]
-        vol = arr.reshape(-1, 1, 1, arr.shape[-1])
-        if mask is not None:
-            mask = np.asarray(mask, bool).reshape(-1, 1, 1)
-        fit = super().fit({"dwi": vol}, mask=mask, affine=affine, **kwargs)
-        rmse = None if fit.rmse is None else fit.rmse.reshape(lead)
-        return QMRIFit(self, fit.params.reshape(*lead, -1), rmse)
 
     def _fit_volume(self, data, *, mask, affine, **covariates):
         arr = next(iter(data.values()))

@@ -44,7 +44,6 @@ from bids_app.models.base import (
     MetaSpec,
     Option,
     OutputSpec,
-    QMRIFit,
     QMRIModel,
     Requirement,
     Volume,
@@ -122,6 +121,7 @@ class DCEModel(QMRIModel):
         "2004;51:858-862; Parker GJM et al. Magn Reson Med 2006;56:993-1000"
     )
     kind = "volume"
+    rows_input = "dce"
     inputs = (DCE_INPUT,)
     requires = (
         Requirement("t1", model="vfa_t1", output="T1", required=True, sidecar_key="T10Source"),
@@ -204,20 +204,6 @@ class DCEModel(QMRIModel):
         }
 
     # ------------------------------------------------------------------------- fit
-
-    def fit(self, data, *, mask=None, affine=None, covariates=None, **kwargs) -> QMRIFit:
-        """Fit ``{'dce': (X, Y, Z, n_t)}`` or a plain (..., n_t) array (see Notes)."""
-        if isinstance(data, Mapping):
-            return super().fit(data, mask=mask, affine=affine, covariates=covariates, **kwargs)
-        arr = np.asarray(data, dtype=np.float64)
-        arr = arr[None] if arr.ndim == 1 else arr
-        lead = arr.shape[:-1]
-        vol = arr.reshape(-1, 1, 1, arr.shape[-1])
-        cov = {k: np.asarray(v, float).reshape(-1, 1, 1) for k, v in (covariates or {}).items()}
-        if mask is not None:
-            mask = np.asarray(mask, bool).reshape(-1, 1, 1)
-        fit = super().fit({"dce": vol}, mask=mask, affine=affine, covariates=cov, **kwargs)
-        return QMRIFit(self, fit.params.reshape(*lead, -1), None)
 
     def _fit_volume(self, data, *, mask, affine, t1=None, **covariates):
         sig = np.asarray(data["dce"], dtype=np.float64)

@@ -45,7 +45,6 @@ from bids_app.models.base import (
     MetaSpec,
     Option,
     OutputSpec,
-    QMRIFit,
     QMRIModel,
     Volume,
     register,
@@ -133,6 +132,7 @@ class DSCModel(QMRIModel):
         "2006;27:859-867 (leakage correction); Rempp KA et al. Radiology 1994;193:637-641"
     )
     kind = "volume"
+    rows_input = "dsc"
     inputs = (DSC_INPUT,)
     outputs = (
         _out("CBF", "cbf", "mL/100g/min", (0.0, 1000.0)),
@@ -218,19 +218,6 @@ class DSCModel(QMRIModel):
         }
 
     # ------------------------------------------------------------------------- fit
-
-    def fit(self, data, *, mask=None, affine=None, **kwargs) -> QMRIFit:
-        """Fit ``{'dsc': (X, Y, Z, n_t)}`` or a plain (..., n_t) array (see Notes)."""
-        if isinstance(data, Mapping):
-            return super().fit(data, mask=mask, affine=affine, **kwargs)
-        arr = np.asarray(data, dtype=np.float64)
-        arr = arr[None] if arr.ndim == 1 else arr
-        lead = arr.shape[:-1]
-        vol = arr.reshape(-1, 1, 1, arr.shape[-1])
-        if mask is not None:
-            mask = np.asarray(mask, bool).reshape(-1, 1, 1)
-        fit = super().fit({"dsc": vol}, mask=mask, affine=affine, **kwargs)
-        return QMRIFit(self, fit.params.reshape(*lead, -1), None)
 
     def _fit_volume(self, data, *, mask, affine, **covariates):
         sig = np.asarray(data["dsc"], dtype=np.float64)
