@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from bids_app.errors import MetadataError
-from bids_app.models._mt_physics import (
+from bids_app.models.base import Collection, Volume, sidecar_path
+from bids_app.models.mt import MTRModel, MTsatModel
+from bids_app.models.mt._physics import (
     mtr,
     mtsat_small_angle,
     r1_a_small_angle,
     weiskopf2013_correction,
 )
-from bids_app.models.base import Collection, Volume, sidecar_path
-from bids_app.models.mt import MTRModel, MTsatModel
 from tests.models import mt_forward as fw
 
 BIDS_EXAMPLES = Path("/work/shared/bids-examples")

@@ -1,7 +1,7 @@
 """Relaxometry models: VFA (DESPOT1) T1, multi-echo GRE R2*, multi-echo spin-echo T2.
 
 The signal equations and solvers are pure functions on ``(n_vox, n_meas)`` arrays, written in
-:mod:`bids_app.models._relax_solvers` and re-exported here; the model classes only hold the
+:mod:`bids_app.models.relaxometry._fits` and re-exported here; the model classes only hold the
 acquisition and pick a solver by name. All times are in seconds and flip angles in degrees
 at the interface, radians inside. A voxel with any zero, negative or non-finite signal value
 gets NaN parameters (no exception, no warning).
@@ -16,14 +16,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bids_app.errors import MetadataError
-from bids_app.models._relax_solvers import (
-    despot1_linear,
-    despot1_nonlinear,
-    monoexp_loglinear,
-    monoexp_nonlinear,
-    monoexp_signal,
-    spgr_signal,
-)
 from bids_app.models.base import (
     B1_REQUIREMENT,
     Collection,
@@ -35,6 +27,14 @@ from bids_app.models.base import (
     example_collection,
     register,
     valid_b1,
+)
+from bids_app.models.relaxometry._fits import (
+    despot1_linear,
+    despot1_nonlinear,
+    monoexp_loglinear,
+    monoexp_nonlinear,
+    monoexp_signal,
+    spgr_signal,
 )
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bids_app.errors import MetadataError
-from bids_app.models._b1_physics import (
+from bids_app.models.b1._physics import (
     DEFAULT_FWHM_MM,
     afi_b1,
     b1_scale_from_values,
@@ -39,7 +39,6 @@ from bids_app.models._b1_physics import (
     scale_from_units,
     smooth_fill_b1,
 )
-from bids_app.models._mt_roles import _RoleError
 from bids_app.models.base import (
     B1_RANGE,
     Collection,
@@ -51,6 +50,7 @@ from bids_app.models.base import (
     example_collection,
     register,
 )
+from bids_app.models.mt._roles import _RoleError
 
 logger = logging.getLogger(__name__)
 

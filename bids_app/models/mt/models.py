@@ -2,7 +2,7 @@
 
 ``mtr`` divides an MT-on by an MT-off image. ``mtsat`` implements Helms et al. (2008) from the
 three SPGR images of the BIDS ``MTS`` collection; the derivation of its closed-form solution
-and of the B1 correction is in :mod:`bids_app.models._mt_physics`.
+and of the B1 correction is in :mod:`bids_app.models.mt._physics`.
 
 B1 policy of ``mtsat``: a relative B1+ map (``b1`` covariate) multiplies *every* nominal flip
 angle, in R1, in A and in both flip-angle terms of the MTsat expression. This is the
@@ -32,14 +32,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bids_app.models._mt_physics import (
-    WEISKOPF_LAMBDA,
-    mtr,
-    mtsat_exact,
-    mtsat_helms,
-    weiskopf2013_correction,
-)
-from bids_app.models._mt_roles import _as_bool, _mt_states, _RoleError, mtr_roles, mts_roles
 from bids_app.models.base import (
     B1_REQUIREMENT,
     Collection,
@@ -52,6 +44,14 @@ from bids_app.models.base import (
     register,
     valid_b1,
 )
+from bids_app.models.mt._physics import (
+    WEISKOPF_LAMBDA,
+    mtr,
+    mtsat_exact,
+    mtsat_helms,
+    weiskopf2013_correction,
+)
+from bids_app.models.mt._roles import _as_bool, _mt_states, _RoleError, mtr_roles, mts_roles
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ exception, no warning). The numerics (:func:`~bids_app.models._solvers.line_fit`
 :func:`~bids_app.models._solvers.levenberg_marquardt_2p`) live in
 :mod:`bids_app.models._solvers`.
 
-The public functions are re-exported by :mod:`bids_app.models.relaxometry`, whose model
+The public functions are re-exported by :mod:`bids_app.models.relaxometry.classic`, whose model
 classes choose between them.
 """
 

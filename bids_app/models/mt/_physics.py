@@ -40,7 +40,7 @@ empirical factor on :math:`\delta_\mathrm{nom}` alone, give errors of 13-60 % at
 :math:`B_1 = 0.85` or 1.15 (measured in ``tests/models/test_mt.py``); qMRLab (PR #497)
 and the Spinal Cord Toolbox (PR #4306) added the missing flip-angle corrections in 2023. The
 dependence of the saturation itself on the MT pulse amplitude (also scaled by B1) is a
-separate matter: see :mod:`bids_app.models.mt`.
+separate matter: see :mod:`bids_app.models.mt.models`.
 
 The neglected terms are of relative size :math:`R_1 T_R`, :math:`\alpha^2` and
 :math:`\delta` (the last one because an MT pre-pulse also scales the signal read right after
