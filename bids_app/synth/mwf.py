@@ -1,6 +1,6 @@
 """Multi-echo spin-echo signals of myelinated tissue by an explicit EPG simulation.
 
-Written independently of the fitting basis (:mod:`bids_app.models.mwf._epg`): here the
+Written independently of the fitting basis (:mod:`bids_app.models._epg`): here the
 configuration states are complex, the pulses are the general rotation operator of Weigel
 (J Magn Reson Imaging 2015;41:266-295, eq. 15) with a 90° excitation about x and
 refocusing pulses about y (CPMG), and each state is stepped explicitly. A voxel is the sum

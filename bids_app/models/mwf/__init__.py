@@ -5,7 +5,7 @@
 models. :class:`MWFModel` is not registered yet (see its module).
 """
 
-from bids_app.models.mwf._epg import epg_cpmg_decay
+from bids_app.models._epg import epg_cpmg_decay
 from bids_app.models.mwf._nnls import GramStack, nnls_gram, nnls_objective
 from bids_app.models.mwf._regularise import regularised_nnls
 from bids_app.models.mwf.mwf import MWFModel

@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.interpolate import CubicSpline
 
-from bids_app.models.mwf._epg import epg_cpmg_decay
+from bids_app.models._epg import epg_cpmg_decay
 from bids_app.models.mwf._nnls import GramStack, _runs
 from bids_app.models.mwf._regularise import regularised_nnls
 
