@@ -50,7 +50,7 @@ def _dipy_gtab(bvals, bvecs):
 
 def _fit(name, data, bvals, bvecs, mask, **options):
     model = REGISTRY[name](bvals, bvecs, **{**NO_PREPROC, **options})
-    return model.fit({"dwi": data}, mask=mask).maps()
+    return model.fit(data, mask=mask).maps()
 
 
 # ------------------------------------------------------------ wrappers equal dipy's fit
@@ -203,7 +203,7 @@ def test_preprocessing_shared_hooks_and_notes():
     fitted = dki.with_preprocessed(state)
     assert fitted.fit_notes["Preprocessing"]["GibbsRemoval"] != "none"
     assert "Preprocessing" not in dki.fit_notes  # the original is not changed
-    maps = fitted.fit({"dwi": out["dwi"]}, mask=state["mask"]).maps()
+    maps = fitted.fit(out["dwi"], mask=state["mask"]).maps()
     assert np.isfinite(maps["MK"][state["mask"]]).mean() > 0.8
 
 

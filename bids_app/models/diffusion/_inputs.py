@@ -137,18 +137,15 @@ class DWIModel(QMRIModel):
 
     Notes
     -----
-    ``fit`` also accepts a plain (..., n) array (one row per voxel, as the voxelwise models):
-    it is fitted as a volume of shape (..., 1, 1) and the parameters come back as (..., n_out).
+    A voxelwise model: after the shared whole-volume preprocessing (:meth:`preprocess`), the
+    generic driver fits rows of brain voxels in chunks, over ``--nprocs`` processes.
     """
 
-    kind = "volume"
-    rows_input = "dwi"
+    kind = "voxelwise"
     inputs = DWI_INPUTS
     alternatives = DWI_ALTERNATIVES
     #: smallest number of distinct non-zero shells the model needs
     min_shells: ClassVar[int] = 1
-    #: voxels per dipy call (memory bound: chunk x volumes x 8 bytes)
-    chunk_size: ClassVar[int] = 50_000
 
     def __init__(self, bvals, bvecs, *, preprocessed=False, source=None, **options: Any):
         super().__init__(**options)
@@ -255,28 +252,24 @@ class DWIModel(QMRIModel):
 
     # ------------------------------------------------------------------------- fit
 
-    def _fit_volume(self, data, *, mask, affine, **covariates):
-        arr = next(iter(data.values()))
-        if arr.ndim != 4 or arr.shape[-1] != self.bvals.size:
+    def _fit_voxels(self, signal: np.ndarray, **covariates: np.ndarray) -> np.ndarray:
+        """Fit (n_vox, n_volumes) signal rows; NaN rows where the signal is unusable.
+
+        The generic driver (:func:`~bids_app.models.fitting.fit_masked`) chunks the brain
+        voxels and spreads the chunks over ``--nprocs`` worker processes.
+        """
+        if signal.shape[-1] != self.bvals.size:
             raise ValueError(
-                f"{self.name}: DWI data of shape (X, Y, Z, {self.bvals.size}) expected "
-                f"(one volume per b-value), got {arr.shape}"
+                f"{self.name}: DWI rows of {self.bvals.size} volumes (one per b-value) "
+                f"expected, got {signal.shape[-1]}"
             )
-        flat = arr.reshape(-1, arr.shape[-1])
-        idx = np.flatnonzero(np.asarray(mask, bool).ravel())
-        out = np.full((flat.shape[0], len(self.outputs)), np.nan, np.float32)
-        dipy_model = self._dipy_model()
-        for start in range(0, idx.size, self.chunk_size):
-            sel = idx[start : start + self.chunk_size]
-            sig = np.asarray(flat[sel], dtype=np.float64)
-            # finite and representable (a float32 image holds < 3.4e38; dipy's solvers
-            # fail on absurd magnitudes): other voxels are NaN
-            ok = np.all(np.isfinite(sig), axis=1) & (np.abs(sig).max(axis=1) < MAX_SIGNAL)
-            if ok.any():
-                res = np.full((sel.size, len(self.outputs)), np.nan)
-                res[ok] = self._fit_guarded(dipy_model, sig[ok])
-                out[sel] = res
-        return out.reshape(*arr.shape[:3], len(self.outputs))
+        out = np.full((signal.shape[0], len(self.outputs)), np.nan)
+        # finite and representable (a float32 image holds < 3.4e38; dipy's solvers fail on
+        # absurd magnitudes): other voxels are NaN
+        ok = np.all(np.isfinite(signal), axis=1) & (np.abs(signal).max(axis=1) < MAX_SIGNAL)
+        if ok.any():
+            out[ok] = self._fit_guarded(self._dipy_model(), signal[ok])
+        return out
 
     def _fit_guarded(self, dipy_model, signal: np.ndarray) -> np.ndarray:
         """:meth:`_fit_signal`, bisecting a batch on a linear-algebra failure.

@@ -61,8 +61,6 @@ class NODDI(DWIModel):
         "n_icvf": Option(25, int, range=(5, 200), doc="ICVF grid size of the dictionary"),
         **PREPROC_OPTIONS,
     }
-    chunk_size = 200_000
-
     def _dipy_model(self):
         return None
 
