@@ -22,7 +22,7 @@ import logging
 
 import numpy as np
 
-from ._dce_lm import batched_lm, block_lstsq
+from ._dce_lm import batched_lm, block_lstsq, block_lstsq_delays
 from ._dce_physics import (
     SECONDS_PER_MINUTE,
     cumulative_integral,
@@ -164,7 +164,12 @@ def fit_patlak(
         def lin(cpd, y=y):
             return _lstsq([cpd, cumulative_integral(t, cpd)], [], y)
 
-        coef, sse, dly = _best_over_delays(t, y, _rows_of(cp, sl), delays, lin)
+        cpc = _rows_of(cp, sl)
+        if cpc.ndim == 1:  # a shared AIF: every delay at once
+            coef, sse, best = linear_delay_fit(t, y, _delay_table(t, cpc, delays), "patlak")
+            dly = delays[best]
+        else:
+            coef, sse, dly = _best_over_delays(t, y, cpc, delays, lin)
         out["vp"][sl], out["ktrans"][sl] = coef[:, 0], coef[:, 1] * _MIN
         out["delay"][sl], out["sse"][sl] = dly, sse
         _blank(out, sl, bad)
@@ -176,10 +181,58 @@ def _murase(t, y, cpd, extended):
     icp = cumulative_integral(t, cpd)
     own = [-cumulative_integral(t, y)]
     coef, sse = _lstsq([icp, cpd] if extended else [icp], own, y)
+    return _murase_params(coef, extended), sse
+
+
+def _murase_params(coef: np.ndarray, extended: bool) -> np.ndarray:
+    """(ktrans /s, kep /s, vp) from the Murase coefficients ([int cp, cp,] -int C)."""
     if extended:
         b1, vp, kep = coef[:, 0], coef[:, 1], coef[:, 2]
-        return np.stack([b1 - kep * vp, kep, vp], axis=1), sse
-    return np.stack([coef[:, 0], coef[:, 1], np.zeros(y.shape[0])], axis=1), sse
+        return np.stack([b1 - kep * vp, kep, vp], axis=1)
+    return np.stack([coef[:, 0], coef[:, 1], np.zeros(coef.shape[0])], axis=1)
+
+
+def linear_delay_fit(
+    t: np.ndarray, ct: np.ndarray, table: np.ndarray, model: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The linear fit at every candidate AIF of ``table``; each voxel's best candidate.
+
+    Murase's linear Tofts forms (Murase, MRM 2004) or Patlak, for all candidate arterial
+    delays at once (:func:`._dce_lm.block_lstsq_delays`): the same result as one linear fit
+    per delay keeping the least squares, without refitting the voxel-specific columns.
+
+    Parameters
+    ----------
+    t : (n_t,) ndarray
+        Times in s.
+    ct : (n_vox, n_t) ndarray
+        Tissue concentration (mM), finite.
+    table : (n_d, n_t) ndarray
+        The plasma AIF (mM) at each candidate delay.
+    model : {'tofts', 'etofts', 'patlak'}
+
+    Returns
+    -------
+    params : (n_vox, 3) ndarray
+        Tofts: (ktrans /s, kep /s, vp); Patlak: (vp, ktrans /s, 0).
+    sse : (n_vox,) ndarray
+    best : (n_vox,) ndarray of int
+        Row of ``table`` chosen.
+    """
+    table = np.atleast_2d(np.asarray(table, dtype=float))
+    icp = cumulative_integral(t, table)
+    if model == "patlak":
+        coef, sse, best = block_lstsq_delays(np.stack([table, icp], axis=-1), None, ct)
+        return np.c_[coef, np.zeros(ct.shape[0])], sse, best
+    extended = model == "etofts"
+    shared = np.stack([icp, table], axis=-1) if extended else icp[..., None]
+    own = -cumulative_integral(t, ct)[..., None]
+    coef, sse, best = block_lstsq_delays(shared, own, ct)
+    return _murase_params(coef, extended), sse, best
+
+
+def _delay_table(t, cp, delays):
+    return np.stack([shift_aif(t, cp, d) if d else cp for d in delays])
 
 
 def _tofts_model(t, extended):
@@ -284,9 +337,15 @@ def fit_tofts(
     for sl in _chunks(n, chunk_size):
         y, bad = _finite(ct[sl])
         cpc = _rows_of(cp, sl)
-        coef, sse, dly = _best_over_delays(
-            t, y, cpc, delays, lambda cpd, y=y: _murase(t, y, cpd, extended)
-        )
+        if cpc.ndim == 1:  # a shared AIF: every delay at once
+            coef, sse, best = linear_delay_fit(
+                t, y, _delay_table(t, cpc, delays), "etofts" if extended else "tofts"
+            )
+            dly = delays[best]
+        else:
+            coef, sse, dly = _best_over_delays(
+                t, y, cpc, delays, lambda cpd, y=y: _murase(t, y, cpd, extended)
+            )
         kt, kep, vp = coef[:, 0], coef[:, 1], coef[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             ve = np.where(kep > 0, kt / kep, TOFTS_BOUNDS["ve"][1])

@@ -3,6 +3,8 @@
 * :func:`block_lstsq`, linear least squares for every voxel when the design matrix has
   columns shared by all voxels plus a few voxel-specific columns (Murase-type linear
   tracer-kinetic fits), solved from block normal equations without a per-voxel loop;
+  :func:`block_lstsq_delays` does it for many candidate shared designs at once (the AIF
+  at every candidate arterial delay) and keeps each voxel's best;
 * :func:`batched_lm`, a box-constrained Levenberg-Marquardt solver with any number of
   parameters, iterating all voxels together with a per-voxel damping factor.
 """
@@ -66,6 +68,88 @@ def block_lstsq(
     sse = np.einsum("nm,nm->n", y, y) - 2.0 * np.einsum("np,np->n", coef, aty)
     sse += np.einsum("np,npq,nq->n", coef, ata, coef)
     return coef, np.maximum(sse, 0.0)
+
+
+def block_lstsq_delays(
+    shared: np.ndarray, own: np.ndarray | None, y: np.ndarray, ridge: float = 1e-12
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`block_lstsq` for ``D`` candidate shared designs; each voxel's best one.
+
+    The voxel-specific blocks (``own^T own``, ``own^T y``, ``y^T y``) do not depend on the
+    candidate and are formed once; the cross products with all ``D`` shared designs are one
+    matrix product each, and the (at most 3 x 3) systems are solved in closed form, so the
+    cost of a delay grid is a few GEMMs instead of ``D`` separate fits.
+
+    Parameters
+    ----------
+    shared : (D, m, q) ndarray
+        The shared columns of each candidate.
+    own : (n, m, r) ndarray or None
+        Voxel-specific columns, the same for every candidate.
+    y : (n, m) ndarray
+        Data.
+    ridge : float, optional
+        Relative Tikhonov term (as :func:`block_lstsq`).
+
+    Returns
+    -------
+    coef : (n, q + r) ndarray
+        Coefficients of each voxel's best candidate, shared columns first.
+    sse : (n,) ndarray
+        Its residual sum of squares.
+    best : (n,) ndarray of int
+        Index of the best candidate (least squares; the first on ties).
+    """
+    shared = np.asarray(shared, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n_d, m, q = shared.shape
+    n = y.shape[0]
+    r = 0 if own is None else own.shape[2]
+    p = q + r
+    flat = shared.transpose(1, 0, 2).reshape(m, n_d * q)
+    ata = np.empty((n, n_d, p, p))
+    aty = np.empty((n, n_d, p))
+    ata[:, :, :q, :q] = np.einsum("dmq,dms->dqs", shared, shared)[None]
+    aty[:, :, :q] = (y @ flat).reshape(n, n_d, q)
+    if r:
+        cross = (own.transpose(0, 2, 1).reshape(n * r, m) @ flat).reshape(n, r, n_d, q)
+        ata[:, :, :q, q:] = cross.transpose(0, 2, 3, 1)
+        ata[:, :, q:, :q] = cross.transpose(0, 2, 1, 3)
+        ata[:, :, q:, q:] = np.einsum("nmr,nms->nrs", own, own)[:, None]
+        aty[:, :, q:] = np.einsum("nmr,nm->nr", own, y)[:, None]
+    diag = np.einsum("ndpp->ndp", ata)
+    d = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))
+    scaled = ata * d[..., :, None] * d[..., None, :] + ridge * np.eye(p)
+    coef = _solve_spd_small(scaled, aty * d) * d
+    sse = np.einsum("nm,nm->n", y, y)[:, None] - np.einsum("ndp,ndp->nd", coef, aty)
+    sse = np.where(np.isfinite(sse), sse, np.inf)
+    best = np.argmin(sse, axis=1)
+    rows = np.arange(n)
+    return coef[rows, best], np.maximum(sse[rows, best], 0.0), best
+
+
+def _solve_spd_small(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve ``a x = b`` for stacks of small systems: closed form up to 3 x 3, else LAPACK."""
+    p = a.shape[-1]
+    if p == 1:
+        return b / a[..., 0]
+    if p == 2:
+        det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
+        x0 = a[..., 1, 1] * b[..., 0] - a[..., 0, 1] * b[..., 1]
+        x1 = a[..., 0, 0] * b[..., 1] - a[..., 1, 0] * b[..., 0]
+        return np.stack([x0, x1], axis=-1) / det[..., None]
+    if p == 3:
+        inv = np.empty_like(a)
+        for i in range(3):  # adjugate, by cofactors
+            for j in range(3):
+                r0, r1 = [k for k in range(3) if k != j]
+                c0, c1 = [k for k in range(3) if k != i]
+                inv[..., i, j] = (-1) ** (i + j) * (
+                    a[..., r0, c0] * a[..., r1, c1] - a[..., r0, c1] * a[..., r1, c0]
+                )
+        det = np.einsum("...j,...j->...", a[..., 0, :], inv[..., :, 0])
+        return np.einsum("...ij,...j->...i", inv, b) / det[..., None]
+    return np.linalg.solve(a, b[..., None])[..., 0]
 
 
 def _normal_equations(j: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

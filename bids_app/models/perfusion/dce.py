@@ -52,7 +52,7 @@ from bids_app.models.base import (
 )
 from bids_app.models.perfusion._aif import georgiou_aif, parker_aif
 from bids_app.models.perfusion._dce_2cxm import _two_cxm_linear, fit_two_cxm
-from bids_app.models.perfusion._dce_fit import fit_patlak, fit_tofts
+from bids_app.models.perfusion._dce_fit import fit_patlak, fit_tofts, linear_delay_fit
 from bids_app.models.perfusion._dce_physics import signal_to_concentration, tofts_conc
 from bids_app.models.perfusion._dsc_physics import select_aif_voxels
 
@@ -302,8 +302,11 @@ class DCEModel(QMRIModel):
                     out[key][sl] = res[key]
                 continue
             table = np.stack([cp(d) for d in DELAY_GRID])
-            sse = np.stack([self._linear_sse(model, y, row) for row in table])
-            best = np.argmin(np.where(np.isfinite(sse), sse, np.inf), axis=0)
+            if model == "2cxm":
+                sse = np.stack([self._linear_sse(y, row) for row in table])
+                best = np.argmin(np.where(np.isfinite(sse), sse, np.inf), axis=0)
+            else:
+                best = linear_delay_fit(self.times, _finite_rows(y), table, model)[2]
             chunk = {k: np.full(y.shape[0], np.inf if k == "sse" else np.nan) for k in keys}
             chunk["converged"] = np.zeros(y.shape[0], bool)
             # the 2CXM's linear form is approximate: its neighbours are tried as well
@@ -322,12 +325,9 @@ class DCEModel(QMRIModel):
         self.fit_notes["KineticModel"] = model
         return out
 
-    def _linear_sse(self, model: str, conc: np.ndarray, cp: np.ndarray) -> np.ndarray:
-        """Residual of the linear fit choosing the delay (2CXM: Flouri 2016, else Murase)."""
-        if model == "2cxm":
-            y = np.where(np.isfinite(conc), conc, 0.0)
-            return _two_cxm_linear(self.times, y, cp)[1]
-        return fit_tofts(self.times, conc, cp, refine=False)["sse"]
+    def _linear_sse(self, conc: np.ndarray, cp: np.ndarray) -> np.ndarray:
+        """Residual of the 2CXM's linear fit (Flouri 2016), used to choose the delay."""
+        return _two_cxm_linear(self.times, _finite_rows(conc), cp)[1]
 
     def _fit_model(self, model: str, conc, cp, **kw) -> dict[str, np.ndarray]:
         t = self.times
@@ -371,6 +371,11 @@ class DCEModel(QMRIModel):
         if self.options["kinetic_model"] == "tofts":
             truth[:, 2] = np.nan
         return truth, sig, {"t1": t10}
+
+
+def _finite_rows(y: np.ndarray) -> np.ndarray:
+    """``y`` with non-finite samples set to 0 (their voxels are blanked by the fits)."""
+    return np.where(np.isfinite(y), y, 0.0)
 
 
 def _times(meta: Mapping[str, Any], n: int, side: str) -> np.ndarray:
