@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.synth import asl_series, dwi_series, qsm_series, writer
+from bids_app.synth import asl_series, dce_series, dwi_series, qsm_series, writer
 from bids_app.synth.anatomy import Anatomy, downsample_affine, grid_coordinates
 from bids_app.synth.anatomy import make_anatomy as _make_anatomy
 from bids_app.synth.lesions import PlacementMaps, lesion_rows, place_lesions, render_lesions
@@ -38,12 +38,14 @@ SERIES_WRITERS = {
     "dwi": dwi_series.write_dwi,
     "qsm": qsm_series.write_phase,
     "asl": asl_series.write_asl,
+    "dce": dce_series.write_dce,
 }
 #: the raw images each series writer adds: (datatype, name after the subject prefix)
 SERIES_FILES = {
     "dwi": (("dwi", "dwi.nii.gz"),),
     "qsm": tuple(("anat", f"echo-{k}_part-phase_MEGRE.nii.gz") for k in range(1, 7)),
     "asl": (("perf", "asl.nii.gz"), ("perf", "m0scan.nii.gz")),
+    "dce": (("perf", "dce.nii.gz"),),
 }
 DEFAULT_SERIES = ("dwi", "qsm", "asl")
 
@@ -288,6 +290,8 @@ def _write_dataset_files(plan: SynthPlan, root: Path) -> None:
     ]
     writer.write_tsv(root / "participants.tsv", rows, ["participant_id", "group", "age", "sex"])
     writer.write_json(root / "participants.json", writer.PARTICIPANTS_JSON)
+    if "dce" in plan.series:  # no BIDS suffix yet (bids-specification#1549)
+        (root / ".bidsignore").write_text("*_dce.*\n")
     deriv = root / "derivatives"
     descriptions = {
         "truth": "Ground truth of the synthetic dataset (maps, segmentation, lesions)",
