@@ -3,7 +3,7 @@
 #   docker run --rm --read-only --tmpfs /tmp --user "$(id -u):$(id -g)" \
 #       -v /path/to/bids:/data:ro -v /path/to/out:/out msqmri/msqmri:0.1.0 \
 #       /data /out participant group
-#   apptainer run --containall -B /path/to/bids:/data:ro -B /path/to/out:/out \
+#   apptainer run --cleanenv --containall -B /path/to/bids:/data:ro -B /path/to/out:/out \
 #       docker://msqmri/msqmri:0.1.0 /data /out participant
 #
 # The image runs read-only as any uid and writes nothing inside itself or the input dataset:
@@ -18,8 +18,15 @@
 # - bytecode is compiled at build time (unchecked-hash .pyc) and PYTHONDONTWRITEBYTECODE is set,
 #   so Python never writes __pycache__.
 #
-# Threads: numerical libraries are capped at one thread; msqmri parallelises with --nprocs
-# worker processes.
+# Threads: numerical libraries are capped at one thread (--omp-nthreads, default 1);
+# msqmri parallelises with --nprocs worker processes.
+#
+# The host environment cannot change the Python that runs (Apptainer passes the host's
+# environment and binds $HOME unless --cleanenv/--containall): every console script runs
+# `python3 -IBu` (isolated: PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, ~/.local and the user site
+# are ignored; -B -u replace PYTHONDONTWRITEBYTECODE and PYTHONUNBUFFERED, which -I ignores),
+# and its worker processes inherit the flags. PYTHONNOUSERSITE and PYTHONSAFEPATH cover a
+# `python3` started by hand. Tested by .ci/apptainer_emulation.sh.
 
 # ---------------------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS build
@@ -65,6 +72,12 @@ bids_app" \
  && find /opt/msqmri -depth -type d -name __pycache__ -exec rm -rf {} + \
  && /opt/msqmri/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
       /opt/msqmri/lib/python3.11/site-packages \
+ && for f in /opt/msqmri/bin/*; do \
+      if head -c 64 "$f" | grep -q '^#!/opt/msqmri/bin/python'; then \
+        sed -i '1s|^#!\(/opt/msqmri/bin/python[0-9.]*\).*$|#!\1 -IBu|' "$f"; \
+      fi; \
+    done \
+ && head -1 /opt/msqmri/bin/msqmri | grep -qx '#!/opt/msqmri/bin/python3* -IBu' \
  && /opt/msqmri/bin/bids-validator-deno --version
 
 # ---------------------------------------------------------------------------------------------
@@ -88,6 +101,8 @@ ENV PATH=/opt/msqmri/bin:$PATH \
     XDG_CACHE_HOME=/tmp/.cache \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PYTHONNOUSERSITE=1 \
+    PYTHONSAFEPATH=1 \
     OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1 \
     MKL_NUM_THREADS=1 \

@@ -75,8 +75,8 @@ def main() -> None:
         rows.append((name, wall, fit))
         rate = args.voxels / wall
         print(
-            f"{name:6s} ({args.nprocs} proc): {args.voxels} voxels in {wall:.1f} s = {rate:,.0f} voxels/s; "
-            f"1.8 M voxels: {BRAIN_VOXELS / rate:.0f} s"
+            f"{name:6s} ({args.nprocs} proc): {args.voxels} voxels in {wall:.1f} s = "
+            f"{rate:,.0f} voxels/s; 1.8 M voxels: {BRAIN_VOXELS / rate:.0f} s"
         )
     noddi_wall, noddi_fit = rows[1][1], rows[1][2]
     maps = noddi_fit.maps()

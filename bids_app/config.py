@@ -29,11 +29,14 @@ class RunConfig:
     reference: str = "auto"
     registration: str = "rigid"
     nprocs: int = 1
+    omp_nthreads: int = 1
     mem_gb: float | None = None
     skip_bids_validation: bool = False
     reports: bool = True
     overwrite: bool = False
     verbosity: int = 0
+    #: group-level settings (:class:`bids_app.group_options.GroupOptions` fields)
+    group_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def chunk_size(self) -> int:

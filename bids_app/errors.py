@@ -61,8 +61,23 @@ class MetadataError(MsqmriError, ValueError):
         super().__init__(f"{where}{key}={value!r}: expected {expected}")
 
 
+class NotApplicableError(MetadataError):
+    """Valid input that one model cannot use (e.g. a 4-echo MESE for ``mwf``).
+
+    Raised by a model's ``from_collections``; the participant level skips that model run with
+    the reason (logged, in the report) and goes on with the subject's other models, since
+    another model (``mese_t2``) may fit the same collection. Outside a run it is exit 65.
+    """
+
+
 class NoInputsError(MsqmriError, LookupError):
     """The dataset holds no input any selected model needs (exit 66)."""
+
+    exit_code = 66
+
+
+class MissingContentError(MsqmriError, FileNotFoundError):
+    """Input files whose content is absent: un-fetched DataLad/git-annex symlinks (exit 66)."""
 
     exit_code = 66
 

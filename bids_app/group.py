@@ -8,37 +8,23 @@ controls when the ``group`` column says who is who.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bids_app.bids.derivatives import write_table
-from bids_app.errors import NoInputsError
+from bids_app.errors import NoInputsError, UsageError
+from bids_app.group_options import GroupOptions
+from bids_app.group_results import harmonize, write_statistics
+from bids_app.group_stats import SUMMARY_COLUMNS, cohens_d  # noqa: F401 (re-exported)
 from bids_app.lesions import LOCATIONS
 from bids_app.reports.html import group_report
-from bids_app.schema import LESION_COLUMNS, REGION_COLUMNS, group_role
+from bids_app.schema import LESION_COLUMNS, REGION_COLUMNS, group_role  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-#: values of participants.tsv ``group`` read as patients / controls (case-insensitive)
-SUMMARY_COLUMNS = {
-    "map": REGION_COLUMNS["map"],
-    "units": REGION_COLUMNS["units"],
-    "region": REGION_COLUMNS["region"],
-    "session_id": REGION_COLUMNS["session_id"],
-    "n_subjects": "subjects with a finite region mean",
-    "mean": "mean over subjects of the subject region means",
-    "std": "standard deviation over subjects (ddof=1)",
-    "n_patients": "patients with a finite region mean",
-    "mean_patients": "mean over patients",
-    "std_patients": "SD over patients (ddof=1)",
-    "n_controls": "controls with a finite region mean",
-    "mean_controls": "mean over controls",
-    "std_controls": "SD over controls (ddof=1)",
-    "cohens_d": "Cohen's d, patients minus controls, pooled SD (Cohen 1988)",
-}
-
 
 #: columns of ``group_desc-lesioncounts_stats.tsv`` (one row per participant x session)
 COUNT_COLUMNS = {
@@ -136,86 +122,51 @@ def _participants(bids_dir: Path) -> pd.DataFrame | None:
     return table
 
 
-def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
-    """Cohen's d of ``a`` minus ``b`` with the pooled SD (NaN when undefined).
-
-    Examples
-    --------
-    >>> round(cohens_d(np.array([2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0])), 3)
-    1.0
-    """
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if a.size < 2 or b.size < 2:
-        return float("nan")
-    pooled = np.sqrt(
-        ((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2)
-    )
-    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("nan")
-
-
-def _stats(x: np.ndarray) -> tuple[int, float, float]:
-    x = x[np.isfinite(x)]
-    return (
-        int(x.size),
-        float(x.mean()) if x.size else np.nan,
-        float(x.std(ddof=1)) if x.size > 1 else np.nan,
-    )
-
-
-def summarise(regions: pd.DataFrame) -> pd.DataFrame:
-    """One row per map x region x session: all subjects, patients, controls, Cohen's d."""
+def _roster(out: Path) -> pd.DataFrame:
+    """participant_id / session_id of every participant table file (empty tables too)."""
     rows = []
-    df = regions.copy()
-    df["session_id"] = df["session_id"].fillna("n/a")
-    role = (
-        df["group"].map(group_role) if "group" in df.columns else pd.Series(None, index=df.index)
-    )
-    df["_role"] = role
-    for (m, units, region, ses), g in df.groupby(
-        ["map", "units", "region", "session_id"], sort=True, dropna=False
-    ):
-        vals = g["mean"].to_numpy(float)
-        pat = g.loc[g["_role"] == "patient", "mean"].to_numpy(float)
-        con = g.loc[g["_role"] == "control", "mean"].to_numpy(float)
-        n, mu, sd = _stats(vals)
-        n_p, mu_p, sd_p = _stats(pat)
-        n_c, mu_c, sd_c = _stats(con)
-        rows.append(
-            {
-                "map": m,
-                "units": units,
-                "region": region,
-                "session_id": None if ses == "n/a" else ses,
-                "n_subjects": n,
-                "mean": mu,
-                "std": sd,
-                "n_patients": n_p,
-                "mean_patients": mu_p,
-                "std_patients": sd_p,
-                "n_controls": n_c,
-                "mean_controls": mu_c,
-                "std_controls": sd_c,
-                "cohens_d": cohens_d(pat, con),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    for pattern in ("*_desc-regions_stats.tsv", "*_desc-lesions_stats.tsv"):
+        for f in [*out.glob(f"sub-*/{pattern}"), *out.glob(f"sub-*/ses-*/{pattern}")]:
+            ses = f.parent.name if f.parent.name.startswith("ses-") else None
+            rows.append({"participant_id": f.name.split("_")[0], "session_id": ses})
+    roster = pd.DataFrame(rows, columns=["participant_id", "session_id"]).drop_duplicates()
+    return roster.sort_values(["participant_id", "session_id"], na_position="first")
 
 
-def run_group(bids_dir: Path, out: Path, *, reports: bool = True) -> int:
+def run_group(
+    bids_dir: Path,
+    out: Path,
+    *,
+    reports: bool = True,
+    options: GroupOptions | Mapping[str, Any] | None = None,
+) -> int:
     """Write the group tables from the participant outputs in ``out``; return 0.
+
+    Lesion-only studies (lesion tables, no map) get the lesion tables, counts, summary and
+    longitudinal changes too (:mod:`bids_app.group_results`).
 
     Raises
     ------
     NoInputsError
-        When ``out`` holds no participant tables (run the participant level first).
+        When ``out`` holds neither region nor lesion tables (run the participant level
+        first).
     """
+    if not isinstance(options, GroupOptions):
+        try:
+            options = GroupOptions.from_mapping(options)
+        except ValueError as err:
+            raise UsageError(f"group options: {err}") from None
     regions = _read_all(out, "*_desc-regions_stats.tsv")
-    if regions.empty:
-        raise NoInputsError(
-            f"{out}: no participant tables (*_desc-regions_stats.tsv); run "
-            "the participant level first"
-        )
     lesions = _read_all(out, "*_desc-lesions_stats.tsv")
+    roster = _roster(out)
+    if roster.empty:
+        raise NoInputsError(
+            f"{out}: no participant tables (*_desc-regions_stats.tsv or "
+            "*_desc-lesions_stats.tsv); run the participant level first"
+        )
+    if regions.empty:
+        logger.info("group level: no map statistics; lesion results only")
+        regions = pd.DataFrame(columns=list(REGION_COLUMNS))
     part = _participants(bids_dir)
     extra = {}
     if part is not None:
@@ -223,6 +174,9 @@ def run_group(bids_dir: Path, out: Path, *, reports: bool = True) -> int:
         regions = regions.merge(part, on="participant_id", how="left")
         if not lesions.empty:
             lesions = lesions.merge(part, on="participant_id", how="left")
+    regions, value = harmonize(regions, options)
+    if value != "mean":
+        extra["mean_harmonized"] = "mean after ComBat harmonisation across sites (neuroCombat)"
     keys = ["participant_id", "session_id", "map", "region"]
     regions = regions.sort_values(keys, na_position="first", kind="stable")
     write_table(out / "group_desc-regions_stats.tsv", regions, {**REGION_COLUMNS, **extra})
@@ -235,13 +189,12 @@ def run_group(bids_dir: Path, out: Path, *, reports: bool = True) -> int:
             kind="stable",
         )
     write_table(out / "group_desc-lesions_stats.tsv", lesions, {**LESION_COLUMNS, **extra})
-    counts = lesion_counts(regions, lesions)
+    counts = lesion_counts(pd.concat([regions, roster], ignore_index=True), lesions)
     if part is not None:
         counts = counts.merge(part, on="participant_id", how="left")
     write_table(out / "group_desc-lesioncounts_stats.tsv", counts, {**COUNT_COLUMNS, **extra})
-    summary = summarise(regions)
-    write_table(out / "group_desc-summary_stats.tsv", summary, SUMMARY_COLUMNS)
-    n_sub = regions["participant_id"].nunique()
+    summary = write_statistics(bids_dir, out, regions, lesions, counts, part, options, value=value)
+    n_sub = roster["participant_id"].nunique()
     logger.info(
         "group level: %d participant(s), %d region rows, %d lesion rows -> %s",
         n_sub,

@@ -195,7 +195,11 @@ def run_participants(cfg: RunConfig) -> int:
     NoInputsError
         When no subject has any input of any selected model nor a structural image (66).
     """
-    layout = make_layout(cfg.bids_dir, participant_label=cfg.participant_label)
+    layout = make_layout(
+        cfg.bids_dir,
+        participant_label=cfg.participant_label,
+        require_description=not cfg.skip_bids_validation,
+    )
     units = select_subjects(layout, cfg.participant_label, cfg.session_label)
     check_filters(cfg, layout, units)
     deriv = {name: make_layout(path, derivative=True) for name, path in cfg.derivatives.items()}

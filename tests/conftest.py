@@ -52,6 +52,7 @@ def small_bids(tmp_path_factory) -> Path:
 #: dipy's own fit in tests/models/test_diffusion.py
 E2E_MODELS = [
     "b1", "vfa_t1", "mese_t2", "megre_r2star", "mtr", "mtsat", "qsm", "dti", "noddi", "asl_cbf",
+    "dce", "irt1", "mp2rage", "mpm", "rb1cor", "mwf",
 ]  # fmt: skip
 #: DWI motion correction off (64 registrations, ~4 min per subject on 2 cores; its accuracy
 #: on a known rotation is tested in tests/models/test_diffusion.py); the rest as defaults

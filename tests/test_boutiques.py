@@ -1,13 +1,14 @@
 """The Boutiques descriptor (``boutiques.json``) agrees with the command-line parser.
 
-Every input id is a parser ``dest`` and vice versa. The descriptor follows the Boutiques
-bids-app template (``boutiques/templates/bids-app.json``) but for one deviation: the template
-fills ``[OUTPUT_DIR]`` from two mutually exclusive inputs (a String name and a File for an
-existing participant-level output) and prefixes ``mkdir -p [OUTPUT_DIR];``. Boutiques 0.5
-substitutes inputs in order and an absent input deletes the shared key, so the second input of
-such a pair never reaches the command line; msqmri has one ``output_dir`` String input instead
-and creates the directory itself (exit 73 when it cannot). ``test_template_form_passes_bids_check``
-checks that everything else satisfies ``bosh validate --bids``.
+Every input id is a parser ``dest`` and vice versa (but for the template's second
+``[OUTPUT_DIR]`` input). The descriptor follows the Boutiques bids-app template
+(``boutiques/templates/bids-app.json``) and passes ``bosh validate --bids``: ``mkdir -p
+[OUTPUT_DIR];`` first, and ``[OUTPUT_DIR]`` filled from two mutually exclusive inputs, the
+String ``output_dir`` and the File ``participant_level_analysis_dir``. Boutiques 0.5
+substitutes inputs in order and an absent input deletes the shared key, so the File form never
+reaches the command line under bosh 0.5 (``test_bosh_drops_the_file_form_of_output_dir``, a
+strict xfail that turns into a failure once Boutiques fixes it); the String form works at both
+levels.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 INVOCATION = Path(__file__).parent / "data" / "boutiques_invocation.json"
 #: parser actions that are not inputs of a run
 NOT_INPUTS = {"help", "version"}
+#: descriptor inputs that are another form of a parser argument (the bids-app template pair)
+ALIASES = {"participant_level_analysis_dir": "output_dir"}
 #: inputs given with a command-line flag (each is checked against the parser)
 FLAGGED = (
     "participant_label",
@@ -44,7 +47,17 @@ FLAGGED = (
     "config",
     "work_dir",
     "nprocs",
+    "omp_nthreads",
     "mem_gb",
+    "group_column",
+    "patient_labels",
+    "control_labels",
+    "covariates",
+    "harmonize",
+    "site_column",
+    "lesion_change_fraction",
+    "lesion_change_voxels",
+    "longitudinal_registration",
     "skip_bids_validation",
     "no_reports",
     "overwrite",
@@ -101,7 +114,10 @@ def _simulate(invocation: dict, tmp_path: Path) -> list[str]:
     path = tmp_path / "invocation.json"
     path.write_text(json.dumps(invocation))
     out = boutiques.bosh(["exec", "simulate", "-i", str(path), str(DESCRIPTOR)])
-    argv = shlex.split(out.shell_command)
+    mkdir, sep, command = out.shell_command.partition("; ")
+    assert sep, out.shell_command
+    assert shlex.split(mkdir)[:2] == ["mkdir", "-p"]
+    argv = shlex.split(command)
     assert argv[0] == "msqmri"
     return argv[1:]
 
@@ -114,7 +130,8 @@ def test_identity(descriptor):
     assert image["type"] == "docker"
     assert image["image"].endswith(f":{bids_app.__version__}")
     assert descriptor["command-line"].startswith(
-        "msqmri [BIDS_DIR] [OUTPUT_DIR] [ANALYSIS_LEVEL] [PARTICIPANT_LABEL] [SESSION_LABEL] "
+        "mkdir -p [OUTPUT_DIR]; msqmri [BIDS_DIR] [OUTPUT_DIR] [ANALYSIS_LEVEL] "
+        "[PARTICIPANT_LABEL] [SESSION_LABEL] "
     )
     assert [o["path-template"] for o in descriptor["output-files"]] == ["[OUTPUT_DIR]"]
 
@@ -142,14 +159,17 @@ def test_dockerfile_pins_every_dependency():
 
 
 def test_every_dest_is_an_input_and_back(inputs, actions):
-    assert set(actions) == set(inputs)
+    assert set(actions) == set(inputs) - set(ALIASES)
+    for alias, dest in ALIASES.items():
+        assert inputs[alias]["value-key"] == inputs[dest]["value-key"]
 
 
 def test_value_keys_appear_once_in_command_line(descriptor, inputs):
-    keys = [inp["value-key"] for inp in inputs.values()]
+    keys = [inp["value-key"] for i, inp in inputs.items() if i not in ALIASES]
     assert len(set(keys)) == len(keys)
+    msqmri = descriptor["command-line"].partition("; ")[2]
     for key in keys:
-        assert descriptor["command-line"].count(key) == 1, key
+        assert msqmri.count(key) == 1, key
 
 
 def test_choices_match_parser(inputs, actions):
@@ -177,13 +197,22 @@ def test_kinds_match_parser(inputs, actions):
         else:
             assert inp["type"] != "Flag", dest
             assert inp.get("list", False) == (action.nargs in ("+", "*")), dest
-        assert inp["optional"] is bool(action.option_strings), dest
+        # the template's output pair: each optional, one of the two required (a group)
+        optional = bool(action.option_strings) or dest in ALIASES.values()
+        assert inp["optional"] is optional, dest
         if "default-value" in inp:
             assert inp["default-value"] == action.default, dest
 
 
 def test_example_invocation_covers_every_input(inputs, example):
-    assert set(example) == set(inputs)
+    assert set(example) == set(inputs) - set(ALIASES)
+
+
+def test_output_pair_is_a_required_exclusive_group(descriptor):
+    (group,) = descriptor["groups"]
+    assert set(group["members"]) == set(ALIASES) | set(ALIASES.values())
+    assert group["mutually-exclusive"]
+    assert group["one-is-required"]
 
 
 @pytest.mark.parametrize("input_id", FLAGGED)
@@ -222,35 +251,26 @@ def test_bosh_validate():
     boutiques.bosh(["validate", str(DESCRIPTOR)])
 
 
-def test_template_form_passes_bids_check(descriptor, tmp_path):
-    """Everything but the documented [OUTPUT_DIR] deviation satisfies ``--bids``."""
+def test_bosh_validate_bids():
+    """CBRAIN's check of the bids-app template (command line, OUTPUT_DIR pair, one output)."""
     boutiques = _boutiques()
-    templated = json.loads(json.dumps(descriptor))
-    templated["command-line"] = "mkdir -p [OUTPUT_DIR]; " + templated["command-line"]
-    for inp in templated["inputs"]:
-        if inp["id"] == "output_dir":
-            inp["optional"] = True
-    templated["inputs"].append(
-        {
-            "id": "participant_level_analysis_dir",
-            "name": "Participant-level outputs",
-            "type": "File",
-            "value-key": "[OUTPUT_DIR]",
-            "optional": True,
-        }
-    )
-    templated["groups"] = [
-        {
-            "id": "output_directory",
-            "name": "Output directory",
-            "members": ["output_dir", "participant_level_analysis_dir"],
-            "mutually-exclusive": True,
-            "one-is-required": True,
-        }
-    ]
-    path = tmp_path / "templated.json"
-    path.write_text(json.dumps(templated))
-    boutiques.bosh(["validate", "--bids", str(path)])
+    boutiques.bosh(["validate", "--bids", str(DESCRIPTOR)])
+
+
+@pytest.mark.xfail(
+    reason="Boutiques 0.5: an absent input listed first (output_dir) deletes the shared "
+    "[OUTPUT_DIR] key, so the File form of the pair never reaches the command line",
+    strict=True,
+)
+def test_bosh_drops_the_file_form_of_output_dir(workspace):
+    (workspace / "out").mkdir()
+    invocation = {
+        "bids_dir": "bids",
+        "participant_level_analysis_dir": "out",
+        "analysis_level": ["group"],
+    }
+    argv = _simulate(invocation, workspace)
+    assert parse_args(argv).output_dir == workspace / "out"
 
 
 def test_bosh_simulate_example_is_accepted(example, workspace):
@@ -267,7 +287,7 @@ def test_bosh_simulate_example_is_accepted(example, workspace):
     assert (ns.b1, ns.reference) == (example["b1"], example["reference"])
     assert ns.config == Path("options.toml")
     assert ns.work_dir == Path("work")
-    assert (ns.nprocs, ns.mem_gb) == (2, 1.5)
+    assert (ns.nprocs, ns.omp_nthreads, ns.mem_gb) == (2, 2, 1.5)
     assert (ns.skip_bids_validation, ns.no_reports, ns.overwrite) == (True, True, True)
     assert ns.verbose == 2
 

@@ -109,7 +109,8 @@ def test_unwritable_output_exit_73(vfa_ds, tmp_path):
 def test_missing_dataset_description_exit_64(tmp_path):
     ds = write_dataset(tmp_path / "bids", {"sub-01": vfa_spec()})
     (ds / "dataset_description.json").unlink()
-    assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 64
+    # with validation on (CONTRACT 5); --skip-bids-validation runs: tests/test_datalad_inputs.py
+    assert main([str(ds), str(tmp_path / "out"), "participant"]) == 64
 
 
 @pytest.mark.parametrize(

@@ -91,3 +91,32 @@ def test_table_na_and_column_dictionary(tmp_path):
     text = (tmp_path / "t_stats.tsv").read_text()
     assert text.splitlines() == ["a\tb", "1\tx", "n/a\tn/a"]
     assert json.loads((tmp_path / "t_stats.json").read_text())["a"]["Description"] == "alpha"
+
+
+def test_every_output_suffix_is_bids_or_listed_in_bidsignore():
+    """A model output whose suffix the BIDS schema does not know is covered by a BIDSIGNORE
+    pattern of the derivative dataset (else the validator flags every such map)."""
+    from fnmatch import fnmatch
+
+    import bidsschematools.schema
+
+    from bids_app.bids.derivatives import BIDSIGNORE, build_name
+    from bids_app.models import REGISTRY
+
+    known = set(bidsschematools.schema.load_schema().objects.suffixes.keys())
+    missing = []
+    for name, cls in REGISTRY.items():
+        for spec in cls.outputs:
+            ents = {"subject": "01", **dict(spec.entities or {})}
+            if spec.desc:
+                ents["desc"] = spec.desc
+            path = f"sub-01/{spec.datatype or 'anat'}/" + build_name(ents, spec.suffix)
+            ignored = any(
+                fnmatch(path, p.rstrip("/"))
+                or fnmatch(path.split("/")[-1], p)
+                or (p.startswith("**/") and f"/{p[3:]}/" in f"/{path}")
+                for p in BIDSIGNORE
+            )
+            if spec.suffix not in known and not ignored:
+                missing.append(f"{name}: {path}")
+    assert not missing, missing

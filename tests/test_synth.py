@@ -71,7 +71,16 @@ def test_raw_file_names_are_exact(tiny):
                 for e in (".nii.gz", ".json")
             }
         perf = ("asl.nii.gz", "asl.json", "aslcontext.tsv", "m0scan.nii.gz", "m0scan.json")
+        perf += ("acq-single_asl.nii.gz", "acq-single_asl.json", "acq-single_aslcontext.tsv")
+        perf += ("dce.nii.gz", "dce.json")
         expected |= {f"sub-{sub}/perf/sub-{sub}_{name}" for name in perf}
+        anat = [f"inv-{i}_IRT1" for i in range(1, 6)]
+        anat += [f"inv-{i}_part-{p}_MP2RAGE" for i in (1, 2) for p in ("mag", "phase")]
+        for acq, flip, mt, n in (("PDw", 1, "off", 8), ("T1w", 2, "off", 8), ("MTw", 1, "on", 6)):
+            anat += [f"acq-{acq}_echo-{k}_flip-{flip}_mt-{mt}_MPM" for k in range(1, n + 1)]
+        fmap = ["fmap/sub-{s}_acq-headPDw_RB1COR", "fmap/sub-{s}_acq-bodyPDw_RB1COR"]
+        for stem in [f"anat/sub-{{s}}_{a}" for a in anat] + fmap:
+            expected |= {f"sub-{sub}/" + stem.format(s=sub) + e for e in (".nii.gz", ".json")}
     found = {str(p.relative_to(tiny)) for p in tiny.glob("sub-*/**/*") if p.is_file()}
     assert found == expected
     top = {p.name for p in tiny.iterdir()}
@@ -316,7 +325,8 @@ def test_brain_plan_without_writing(tmp_path):
     assert plan.n_brain_voxels == 1_854_954  # the shipped 1 mm labels
     assert plan.b1_shape == (78, 96, 82)
     assert plan.voxel_size == 1.0
-    assert len(plan.raw_files()) == len(ANAT) + 1 + 1 + 6 + 2  # + B1, DWI, phase, ASL + M0
+    # + B1, DWI, phase, ASL + M0, single-delay ASL, DCE, IRT1, MP2RAGE, MPM + RB1COR pair
+    assert len(plan.raw_files()) == len(ANAT) + 1 + 1 + 6 + 2 + 1 + 1 + 5 + 4 + 22 + 2
     assert not any(tmp_path.iterdir())
 
 

@@ -61,6 +61,12 @@ BIDSIGNORE = (
     "*_desc-localfield_*",  # QSM field maps (a fieldmap suffix is not BIDS under anat/)
     "*_desc-totalfield_*",
     "**/perf",  # CBF/ATT, DSC and DCE maps: no BIDS derivative suffixes yet (ASL BEP pending)
+    # maps of quantities BIDS has no suffix for (tests/test_derivatives.py keeps this true)
+    "*_InvEffmap.*",
+    "*_IEWFmap.*",
+    "*_FAmap.*",
+    "*_SNRmap.*",
+    "*_residual.*",
 )
 
 

@@ -10,12 +10,15 @@ from pathlib import Path
 
 from bids import BIDSLayout, BIDSLayoutIndexer
 
+from bids_app.bids.annex import check_annexed_content
 from bids_app.errors import MetadataError, NoInputsError, SelectionError, UsageError
 
 logger = logging.getLogger(__name__)
 
 #: folders never indexed in the raw dataset
 _IGNORE = ("code", "stimuli", "sourcedata", "models", "derivatives", "logs")
+#: the same, public (the CLI checks annexed content in the same folders)
+IGNORED_FOLDERS = _IGNORE
 #: attribute of a layout holding the JSON files left out of it (see :func:`invalid_sidecars`)
 _INVALID_ATTR = "msqmri_invalid_sidecars"
 
@@ -69,7 +72,7 @@ def check_json_files(root: Path, *, skip: Sequence[str] = _IGNORE) -> dict[str, 
     bad: dict[str, str] = {}
     for path in sorted(root.rglob("*.json")):
         rel = path.relative_to(root).parts
-        if rel and rel[0] in skip:
+        if rel and (rel[0] in skip or rel[0].startswith(".")):  # .git, .datalad
             continue
         problem = _json_problem(path)
         if problem is None:
@@ -86,7 +89,11 @@ def invalid_sidecars(layout: BIDSLayout) -> dict[str, str]:
 
 
 def make_layout(
-    bids_dir: Path, *, participant_label: Sequence[str] | None = None, derivative: bool = False
+    bids_dir: Path,
+    *,
+    participant_label: Sequence[str] | None = None,
+    derivative: bool = False,
+    require_description: bool = True,
 ) -> BIDSLayout:
     """Index a BIDS dataset (raw, or one derivative dataset) without validation.
 
@@ -99,11 +106,18 @@ def make_layout(
     derivative : bool
         Index ``bids_dir`` as a derivative dataset (derivative entities such as ``desc``,
         ``label``, ``space``).
+    require_description : bool
+        Whether a missing ``dataset_description.json`` is an error (True: validation on);
+        when False the raw dataset is indexed anyway, with a warning
+        (``--skip-bids-validation``). Derivative datasets always need it.
 
     Raises
     ------
     UsageError
-        If ``dataset_description.json`` is missing.
+        If ``dataset_description.json`` is missing (and required).
+    AnnexContentError
+        If files of the selected subjects are un-fetched git-annex/DataLad symlinks (exit
+        66), before anything else is read (:func:`~bids_app.bids.annex.check_annexed_content`).
     MetadataError
         If a JSON file outside the subject folders is unusable. Unusable JSON files inside a
         subject folder are left out of the index instead (pybids cannot index them) and
@@ -112,12 +126,21 @@ def make_layout(
     """
     bids_dir = Path(bids_dir)
     desc = bids_dir / "dataset_description.json"
-    if not desc.is_file():
-        raise UsageError(
-            f"{bids_dir}: no dataset_description.json; expected the root of a BIDS dataset"
-        )
     skip = _IGNORE if not derivative else ()
+    check_annexed_content(bids_dir, participant_label=participant_label, skip=skip)
+    if not desc.is_file():
+        if require_description or derivative:
+            raise UsageError(
+                f"{bids_dir}: no dataset_description.json; expected the root of a BIDS dataset"
+                + ("" if derivative else " (or pass --skip-bids-validation)")
+            )
+        logger.warning(
+            "%s: no dataset_description.json (not a valid BIDS dataset); indexed anyway "
+            "because of --skip-bids-validation",
+            bids_dir,
+        )
     ignore: list = [re.compile(rf"^/{d}(/|$)") for d in skip]
+    ignore.append(re.compile(r"/\.[^/]+(/|$)"))  # .git (annexed objects), .datalad
     ignore += _subject_ignore(participant_label)
     bad = check_json_files(bids_dir, skip=skip)
     if participant_label:
@@ -129,7 +152,7 @@ def make_layout(
             "%s: %s; not indexed, the images it describes fail with exit 65", path, reason
         )
     indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=True)
-    config = ["bids", "derivatives"] if derivative else ["bids"]
+    config = [bids_config(), "derivatives"] if derivative else [bids_config()]
     try:
         layout = BIDSLayout(
             bids_dir,
@@ -143,6 +166,33 @@ def make_layout(
         raise UsageError(f"{bids_dir}: cannot index as a BIDS dataset ({err})") from None
     setattr(layout, _INVALID_ATTR, bad)
     return layout
+
+
+def bids_config() -> dict:
+    """The ``bids`` configuration of pybids, with the ``datatype`` entity anchored to the subject.
+
+    pybids (to 0.22 at least) matches its entity patterns against the absolute path, so a
+    dataset below any folder named like a datatype (``/data/perf/ds``, ``/project/anat/ds``)
+    gets that folder as the datatype of every file (bids-standard/pybids#1270, fixed by
+    PR #1273). Here the datatype is the folder right after ``sub-<label>[/ses-<label>]``,
+    the last such match in the path, as the BIDS specification defines it.
+
+    Returns
+    -------
+    dict
+        A configuration for ``BIDSLayout(config=...)``, named ``bids`` like the original.
+    """
+    from bids.config import get_option
+
+    data = json.loads(Path(get_option("config_paths")["bids"]).read_text())
+    for entity in data["entities"]:
+        if entity["name"] == "datatype":
+            folders = re.search(r"\((.*?)\)", entity["pattern"]).group(1)
+            entity["pattern"] = (
+                r"^.*[/\\]sub-[a-zA-Z0-9+]+(?:[/\\]+ses-[a-zA-Z0-9+]+)?[/\\]+"
+                rf"({folders})[/\\]+"
+            )
+    return data
 
 
 def _subject_of(root: Path, path: str) -> str:

@@ -222,7 +222,10 @@ def resolve_model(
         groups: dict[tuple, list[Volume]] = {}
         for vol in found[names[0]]:
             groups.setdefault(_identity(vol, lead.index_entities), []).append(vol)
-        optional = [s for s in model.inputs if s.optional and s.name not in names]
+        # optional extras of this set: not the inputs of the other alternative sets (a
+        # TB1map run must not load, nor share a grid with, the subject's TB1TFL)
+        other_sets = {n for ns in model.input_sets() if ns != names for n in ns}
+        optional = [s for s in model.inputs if s.optional and s.name not in {*names, *other_sets}]
         extra_found = {
             s.name: _find_input(layouts, subject, session, s, filters.get(s.name))
             for s in optional
@@ -246,7 +249,13 @@ def resolve_model(
                         f"{'/'.join(missing)} input with the same {dict(key) or 'entities'}"
                     )
                 continue
-            runs.append(ModelRun(model, colls, shared_entities(vols), tuple(names)))
+            # an entity the lead query fixes (MPM's acq-PDw) names the input's role, not the run
+            ents = {
+                k: v
+                for k, v in shared_entities(vols).items()
+                if not isinstance(lead.query.get(k), str) or k in ("datatype", "suffix")
+            }
+            runs.append(ModelRun(model, colls, ents, tuple(names)))
         return runs
     return []
 

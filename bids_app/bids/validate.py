@@ -167,7 +167,13 @@ def validator_report(
         EXECUTABLE, path=str(Path(sys.executable).parent)
     )
     if exe is None:
-        logger.info("%s not installed: input validation skipped", EXECUTABLE)
+        logger.warning(
+            "%s is not installed: the input was NOT checked against the BIDS specification "
+            "(required files and sidecar keys, file names, JSON types), so an invalid dataset "
+            "runs; install it with 'pip install bids-validator-deno' (the container image has "
+            "it), or pass --skip-bids-validation to skip validation knowingly",
+            EXECUTABLE,
+        )
         return None
     scratch.mkdir(parents=True, exist_ok=True)
     env = dict(

@@ -29,8 +29,12 @@ SNAKE_ALIASES = {
     "--bids_filter_file": "--bids-filter-file",
     "--work_dir": "--work-dir",
     "--mem_gb": "--mem-gb",
+    "--omp_nthreads": "--omp-nthreads",
     "--no_reports": "--no-reports",
 }
+
+#: fMRIPrep's memory options (in MB): a usage error with a hint, never a --mem-gb value
+MB_OPTIONS = ("--mem", "--mem-mb", "--mem_mb")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantitative MRI maps and lesion / normal-appearing tissue metrics for "
         "multiple sclerosis studies, from a BIDS dataset (a BIDS-App).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # '--mem 16000' (fMRIPrep, MB) must never become --mem-gb
     )
     p.add_argument("bids_dir", type=_existing_dir, help="the input BIDS dataset (read only)")
     p.add_argument("output_dir", type=Path, help="where the derivative dataset is written")
@@ -218,6 +223,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML file of model options, e.g. [vfa_t1] fit_method='nonlinear'",
     )
 
+    grp = p.add_argument_group("group level")
+    grp.add_argument(
+        "--group-column",
+        default="group",
+        metavar="NAME",
+        help="participants.tsv column telling patients from controls",
+    )
+    grp.add_argument(
+        "--patient-labels",
+        nargs="+",
+        metavar="L",
+        help="values of the group column read as patients (default: patient, ms, rrms, ...)",
+    )
+    grp.add_argument(
+        "--control-labels",
+        nargs="+",
+        metavar="L",
+        help="values of the group column read as controls (default: control, hc, ...)",
+    )
+    grp.add_argument(
+        "--covariates",
+        nargs="+",
+        metavar="NAME",
+        help="participants.tsv columns adjusted for by least squares (e.g. age sex)",
+    )
+    grp.add_argument(
+        "--harmonize",
+        choices=("none", "combat"),
+        default="none",
+        help="'combat': harmonise region means across the site column (needs neuroCombat)",
+    )
+    grp.add_argument(
+        "--site-column", default="site", metavar="NAME", help="participants.tsv site column"
+    )
+    grp.add_argument(
+        "--lesion-change-fraction",
+        type=_positive_float,
+        default=0.25,
+        metavar="F",
+        help="a lesion enlarges/shrinks when its volume changes by more than this fraction",
+    )
+    grp.add_argument(
+        "--lesion-change-voxels",
+        type=float,
+        default=3.0,
+        metavar="N",
+        help="... and by more than this many voxels",
+    )
+    grp.add_argument(
+        "--longitudinal-registration",
+        choices=("rigid", "none"),
+        default="rigid",
+        help="alignment of a subject's sessions before lesions are matched by overlap",
+    )
+
     run = p.add_argument_group("execution")
     run.add_argument(
         "-w",
@@ -232,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="worker processes within a subject",
+    )
+    run.add_argument(
+        "--omp-nthreads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="threads of the numerical libraries (BLAS, OpenMP) in the main process and in "
+        "each --nprocs worker: the CPUs used are about nprocs x N",
     )
     run.add_argument(
         "--mem-gb",
@@ -281,6 +349,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from bids_app.models import model_names
 
     argv = normalise_argv(list(argv))
+    for arg in argv:
+        opt = arg.partition("=")[0]
+        if opt in MB_OPTIONS:
+            raise UsageError(
+                f"{opt} is not an msqmri option (fMRIPrep's memory in MB); give the memory "
+                "budget in GB with --mem-gb, e.g. --mem-gb 16 for 16000 MB"
+            )
     if "--models" in argv:
         i = argv.index("--models")
         if i + 1 < len(argv) and argv[i + 1] == "list":

@@ -12,10 +12,10 @@ import uuid
 from pathlib import Path
 
 from bids_app import __version__
-from bids_app.cli.parser import parse_args
+from bids_app.cli.parser import normalise_argv, parse_args
+from bids_app.cli.threads import cap_threads, omp_nthreads_from_argv
 from bids_app.config import RunConfig, load_model_options
 from bids_app.errors import MsqmriError, OutputError, UsageError
-from bids_app.io import save_text
 from bids_app.logs import setup_logging
 
 logger = logging.getLogger("bids_app.cli")
@@ -94,12 +94,53 @@ def build_config(ns) -> RunConfig:
         reference=ns.reference,
         registration=ns.registration,
         nprocs=ns.nprocs,
+        omp_nthreads=ns.omp_nthreads,
         mem_gb=ns.mem_gb,
         skip_bids_validation=ns.skip_bids_validation,
         reports=not ns.no_reports,
         overwrite=ns.overwrite,
         verbosity=ns.verbose,
+        group_options=_group_options(ns),
     )
+
+
+def check_input_dataset(cfg: RunConfig) -> None:
+    """Dataset-level checks that come before validation and indexing.
+
+    Raises
+    ------
+    MissingContentError
+        Files of the selected subjects are un-fetched DataLad/git-annex symlinks (exit 66).
+    UsageError
+        ``BIDS_DIR/dataset_description.json`` is missing and validation is on (exit 64);
+        with ``--skip-bids-validation`` the layout warns and the run goes on.
+    """
+    from bids_app.bids.annex import check_annexed_content
+    from bids_app.bids.layout import IGNORED_FOLDERS
+
+    check_annexed_content(
+        cfg.bids_dir, participant_label=cfg.participant_label, skip=IGNORED_FOLDERS
+    )
+    if not cfg.skip_bids_validation and not (cfg.bids_dir / "dataset_description.json").is_file():
+        raise UsageError(
+            f"{cfg.bids_dir}: no dataset_description.json; expected the root of a BIDS dataset "
+            "(or pass --skip-bids-validation to run anyway)"
+        )
+
+
+def _group_options(ns) -> dict:
+    """The group-level options of the command line (GroupOptions field names)."""
+    return {
+        "group_column": ns.group_column,
+        "patient_labels": list(ns.patient_labels or []),
+        "control_labels": list(ns.control_labels or []),
+        "covariates": list(ns.covariates or []),
+        "harmonize": ns.harmonize,
+        "site_column": ns.site_column,
+        "change_fraction": ns.lesion_change_fraction,
+        "change_voxels": ns.lesion_change_voxels,
+        "longitudinal_registration": ns.longitudinal_registration,
+    }
 
 
 def _run(cfg: RunConfig, scratch: Path) -> int:
@@ -109,17 +150,26 @@ def _run(cfg: RunConfig, scratch: Path) -> int:
 
     code = 0
     if "participant" in cfg.analysis_level:
+        # before any work (the validator too): absent content (66), no description (64)
+        check_input_dataset(cfg)
         if not cfg.skip_bids_validation:
             validate_input(cfg.bids_dir, scratch=scratch / "validator")
         code = max(code, run_participants(cfg))
     if "group" in cfg.analysis_level:
-        code = max(code, run_group(cfg.bids_dir, cfg.output_dir, reports=cfg.reports))
+        code = max(
+            code,
+            run_group(
+                cfg.bids_dir, cfg.output_dir, reports=cfg.reports, options=cfg.group_options
+            ),
+        )
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run msqmri; return the CONTRACT exit code (section 5)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # before anything imports numpy (the parser imports the model registry)
+    cap_threads(omp_nthreads_from_argv(normalise_argv(argv)))
     try:
         ns = parse_args(argv)
     except SystemExit as exit_:  # --help and --version
@@ -131,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(list_models() + "\n")
         return 0
     setup_logging(getattr(ns, "verbose", 0))
+    from bids_app.io import save_text
+
     try:
         cfg = build_config(ns)
         _writable_dir(cfg.output_dir, "output directory")

@@ -234,6 +234,10 @@ class QMRIModel(ABC):
     #: whole-volume models that also fit plain (..., n) rows: the input the rows are
     rows_input: ClassVar[str | None] = None
 
+    def active_requirements(self) -> tuple[Requirement, ...]:
+        """The declared :attr:`requires` this instance uses with its options (default all)."""
+        return self.requires
+
     def registration_image(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
         """The 3-D image registered to the subject's reference image for this model.
 

@@ -19,7 +19,7 @@ import numpy as np
 from bids_app import __version__, io
 from bids_app.bids.derivatives import bids_uri, build_name, naming_entities, write_image
 from bids_app.bids.query import ModelRun
-from bids_app.errors import MetadataError
+from bids_app.errors import MetadataError, NotApplicableError
 from bids_app.models.base import QMRIFit, QMRIModel
 from bids_app.stages import align, products
 from bids_app.stages.context import Grid, MapRecord, Product, SubjectContext
@@ -208,7 +208,7 @@ def write_outputs(
     ents = naming_entities(run.entities)
     n_out = fit.n_out_of_range()
     targets = products.intended_for(run)
-    for spec in run.model.outputs:
+    for spec in fit.model.outputs:  # the instance's (options may add an output)
         side = {
             "Units": spec.units,
             **common,
@@ -237,7 +237,7 @@ def write_outputs(
         uri = bids_uri("", path.relative_to(cfg.output_dir).as_posix())
         products.add_product(ctx, Product(run.model.name, spec.name, data, grid, uri, targets))
     if fit.rmse is not None:
-        first = run.model.outputs[0]
+        first = fit.model.outputs[0]
         e = dict(ents, **first.entities, desc=f"{first.desc or ''}rmse")
         write_image(
             cfg.output_dir,
@@ -257,7 +257,13 @@ def write_outputs(
 def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
     """Fit one model run and write its outputs; ``False`` if a required product is missing."""
     options = dict(ctx.cfg.model_options.get(run.model.name, {}))
-    model: QMRIModel = run.model.from_collections(run.collections, **options)
+    try:
+        model: QMRIModel = run.model.from_collections(run.collections, **options)
+    except NotApplicableError as exc:
+        reason = f"{run.model.name}: not applicable ({exc})"
+        logger.warning("%s: %s", ctx.label, reason)
+        ctx.skipped.append(reason)
+        return False
     inputs = load_inputs(run)
     reg = align.registration_for(
         ctx,
@@ -276,7 +282,7 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
             np.round(grid.affine, 3).tolist(),
             f"an image overlapping the brain mask of the reference image {ctx.reference_path}",
         )
-    covariates, requirements, missing = products.covariates_for(ctx, run, grid)
+    covariates, requirements, missing = products.covariates_for(ctx, run, grid, model)
     if missing:
         reason = f"{run.model.name}: not fitted, missing {', '.join(missing)}"
         logger.warning("%s: %s", ctx.label, reason)
@@ -296,7 +302,7 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
         ctx.label,
         run.model.name,
         int(mask.sum()),
-        ", ".join(s.key for s in run.model.outputs),
+        ", ".join(s.key for s in model.outputs),
     )
     return True
 

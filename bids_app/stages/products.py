@@ -16,6 +16,7 @@ import numpy as np
 
 from bids_app import io
 from bids_app.bids.query import ModelRun
+from bids_app.models.base import QMRIModel
 from bids_app.models.specs import Requirement
 from bids_app.stages.context import Grid, Product, SubjectContext
 
@@ -88,9 +89,13 @@ def on_grid(product: Product, grid: Grid, order: int) -> np.ndarray:
 
 
 def covariates_for(
-    ctx: SubjectContext, run: ModelRun, grid: Grid
+    ctx: SubjectContext, run: ModelRun, grid: Grid, model: QMRIModel | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], list[str]]:
     """The declared products of a run's model on its grid.
+
+    With ``model`` (the run's configured instance), only its
+    :meth:`~bids_app.models.base.QMRIModel.active_requirements`; the others get no record,
+    so the sidecars say the model does not use them.
 
     Returns
     -------
@@ -102,7 +107,8 @@ def covariates_for(
         Required products that are absent (the run is not fitted), with the reason.
     """
     covariates, provenance, missing = {}, {}, []
-    for req in run.model.requires:
+    reqs = run.model.requires if model is None else model.active_requirements()
+    for req in reqs:
         policy = policy_value(ctx, req)
         record: dict[str, Any] = {"Policy": policy, "Applied": False}
         prod = None if policy == "none" else choose(ctx, req, run)

@@ -3,7 +3,7 @@
 Usage::
 
     msqmri-synth OUT_DIR [--subjects N] [--sessions K] [--size {tiny,small,brain}]
-                 [--seed S] [--snr SNR] [--series [dwi] [qsm]] [-v]
+                 [--seed S] [--snr SNR] [--series [NAME ...]] [-v]
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         choices=sorted(SERIES_WRITERS),
         default=list(DEFAULT_SERIES),
-        help="4-D series besides the relaxometry/MT protocol (dwi: multi-shell DWI; qsm: "
-        "MEGRE phase); give none to write the 3-D protocol only",
+        help="series besides the relaxometry/MT protocol (dwi: multi-shell DWI; qsm: MEGRE "
+        "phase; asl/asl1: multi/single-delay pCASL; dce; irt1; mp2rage[me]; mpm; mwf: "
+        "32-echo MESE; b1tfl/b1epi/b1srge: other B1 map types); give none to write the "
+        "relaxometry/MT protocol only",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="version", version=f"msqmri-synth {__version__}")

@@ -15,10 +15,25 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.synth import asl_series, dce_series, dwi_series, qsm_series, writer
+from bids_app.synth import (
+    asl_series,
+    dce_series,
+    dwi_series,
+    mpm_series,
+    mwf_series,
+    qsm_series,
+    writer,
+)
+from bids_app.synth import changes as _changes
 from bids_app.synth.anatomy import Anatomy, downsample_affine, grid_coordinates
 from bids_app.synth.anatomy import make_anatomy as _make_anatomy
+from bids_app.synth.asl_single_series import write_asl_single
+from bids_app.synth.b1_series import EPI_FLIPS as _B1_EPI_FLIPS
+from bids_app.synth.b1_series import write_b1_epi, write_b1_srge, write_b1_tfl
+from bids_app.synth.irt1_series import INVERSION_TIMES as _IRT1_TIS
+from bids_app.synth.irt1_series import write_irt1
 from bids_app.synth.lesions import PlacementMaps, lesion_rows, place_lesions, render_lesions
+from bids_app.synth.mp2rage_series import FILES_ME, write_mp2rage, write_mp2rageme
 from bids_app.synth.protocol import COMMON_METADATA, GAIN, SPGR_TE, build_protocol, noise_sigma
 from bids_app.synth.scene import LESION, Scene
 from bids_app.synth.signals import complex_noise
@@ -39,6 +54,15 @@ SERIES_WRITERS = {
     "qsm": qsm_series.write_phase,
     "asl": asl_series.write_asl,
     "dce": dce_series.write_dce,
+    "asl1": write_asl_single,
+    "mpm": mpm_series.write_mpm,
+    "mwf": mwf_series.write_mese_mwf,
+    "mp2rage": write_mp2rage,
+    "mp2rageme": write_mp2rageme,
+    "irt1": write_irt1,
+    "b1tfl": write_b1_tfl,
+    "b1epi": write_b1_epi,
+    "b1srge": write_b1_srge,
 }
 #: the raw images each series writer adds: (datatype, name after the subject prefix)
 SERIES_FILES = {
@@ -46,8 +70,23 @@ SERIES_FILES = {
     "qsm": tuple(("anat", f"echo-{k}_part-phase_MEGRE.nii.gz") for k in range(1, 7)),
     "asl": (("perf", "asl.nii.gz"), ("perf", "m0scan.nii.gz")),
     "dce": (("perf", "dce.nii.gz"),),
+    "asl1": (("perf", "acq-single_asl.nii.gz"),),
+    "mpm": mpm_series.file_names(),
+    "mwf": mwf_series.FILES,
+    "mp2rage": tuple(
+        ("anat", f"inv-{k}_part-{p}_MP2RAGE.nii.gz") for k in (1, 2) for p in ("mag", "phase")
+    ),
+    "mp2rageme": FILES_ME,
+    "irt1": tuple(("anat", f"inv-{k}_IRT1.nii.gz") for k in range(1, len(_IRT1_TIS) + 1)),
+    "b1tfl": (("fmap", "acq-anat_TB1TFL.nii.gz"), ("fmap", "acq-famp_TB1TFL.nii.gz")),
+    "b1epi": tuple(
+        ("fmap", f"echo-{e}_flip-{i}_TB1EPI.nii.gz")
+        for i in range(1, len(_B1_EPI_FLIPS) + 1)
+        for e in (1, 2)
+    ),
+    "b1srge": tuple(("fmap", f"flip-{k}_inv-{k}_TB1SRGE.nii.gz") for k in (1, 2)),
 }
-DEFAULT_SERIES = ("dwi", "qsm", "asl")
+DEFAULT_SERIES = ("dwi", "qsm", "asl", "asl1", "dce", "irt1", "mp2rage", "mpm")
 
 
 @dataclass(frozen=True)
@@ -224,12 +263,14 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
         PlacementMaps.from_anatomy(anatomy) if any(p.patient for p in plan.participants) else None
     )
     centre, semi = brain_ellipsoid(anatomy)
-    for part in plan.participants:
+    several = len(plan.sessions) > 1
+    for k, part in enumerate(plan.participants):
         rng = np.random.default_rng(child_seed(part.seed, 1))
         tissue = draw_subject_tissue(rng, patient=part.patient, centre=centre, semi_axes=semi)
         lesions = []
         if part.patient:
             lesions = place_lesions(anatomy, maps, rng, n_sessions=len(plan.sessions))
+        history = []
         for t, ses in enumerate(plan.sessions):
             noise_rng = np.random.default_rng(child_seed(child_seed(part.seed, 2), t))
             ids, severity = render_lesions(anatomy, lesions, t)
@@ -239,6 +280,8 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
             )
             _write_b1(plan, out_dir, part, ses, tissue.b1, noise_rng)
             rows = lesion_rows(anatomy, lesions, t, ids, truth)
+            if several:
+                history.append(_changes.session_record(ids, truth))
             scene = Scene(
                 root=out_dir,
                 subject=part.label,
@@ -274,6 +317,9 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
                 len(rows),
                 int((ids > 0).sum()),
             )
+        if several:  # sessions.tsv and the truth of the lesion changes
+            vox = anatomy.voxel_size**3
+            _changes.write_changes(out_dir, part.label, k, plan.sessions, lesions, history, vox)
     return out_dir
 
 

@@ -12,7 +12,10 @@ and background, so lesions are separate connected components.
 Over sessions (``--sessions K``): one new lesion appears at each follow-up session, the
 baseline lesion with the largest radii shrinks (radii x0.8 per session) and another one
 partly remyelinates (severity x0.6 per session: T1, T2, PD move back towards NAWM, MTsat
-rises), cf. Granziera et al., Brain 2021;144:1296-1311.
+rises), cf. Granziera et al., Brain 2021;144:1296-1311; another one enlarges (radii x0.6 at
+baseline, full size from the first follow-up on, the size its placement was checked at) and
+another one resolves (absent at the last session). The truth of every change is written by
+:mod:`bids_app.synth.changes`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ MAX_RADIUS = 8.0  # mm
 MIN_VOXELS = 3  # smallest lesion (voxels of the grid) at onset
 SHRINK = 0.8
 RECOVERY = 0.6
+ENLARGE_FROM = 0.6  # radii of an enlarging lesion at its onset, relative to its full size
 _BALL = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -55,7 +59,10 @@ class Lesion:
     onset : int
         First session index (0-based) where the lesion exists.
     course : str
-        ``stable``, ``new``, ``shrinking`` or ``remyelinating``.
+        ``stable``, ``new``, ``shrinking``, ``remyelinating``, ``enlarging`` or
+        ``resolving``.
+    offset : int or None
+        First session index where a ``resolving`` lesion is absent.
     """
 
     index: int
@@ -66,9 +73,16 @@ class Lesion:
     target: str
     onset: int = 0
     course: str = "stable"
+    offset: int | None = None
+
+    def present_at(self, session: int) -> bool:
+        """Whether the lesion exists at a session (0-based)."""
+        return self.onset <= session and (self.offset is None or session < self.offset)
 
     def radii_at(self, session: int, min_radius: float) -> np.ndarray:
         """Semi-axes (mm) at a session (0-based)."""
+        if self.course == "enlarging":
+            return self.radii * ENLARGE_FROM if session == self.onset else self.radii
         if self.course != "shrinking":
             return self.radii
         return np.maximum(self.radii * SHRINK ** (session - self.onset), min_radius)
@@ -236,11 +250,13 @@ def place_lesions(
     if not lesions:
         raise RuntimeError(f"no lesion could be placed on the {vox:g} mm grid")
     if n_sessions > 1:
-        lesions = _assign_courses(lesions, rng)
+        lesions = _assign_courses(lesions, rng, anatomy, n_sessions)
     return lesions
 
 
-def _assign_courses(lesions: list[Lesion], rng: np.random.Generator) -> list[Lesion]:
+def _assign_courses(
+    lesions: list[Lesion], rng: np.random.Generator, anatomy: Anatomy, n_sessions: int
+) -> list[Lesion]:
     base = [les for les in lesions if les.onset == 0]
     shrinking = max(base, key=lambda les: les.radii.min())
     others = [les for les in base if les is not shrinking]
@@ -249,6 +265,17 @@ def _assign_courses(lesions: list[Lesion], rng: np.random.Generator) -> list[Les
     if others:
         remy = others[int(rng.integers(len(others)))]
         out[remy.index] = replace(remy, course="remyelinating")
+        others = [les for les in others if les is not remy]
+    # enlarging: the largest remaining lesion still >= MIN_VOXELS at its baseline size
+    for les in sorted(others, key=lambda les: -float(np.prod(les.radii))):
+        _, mask, _ = rasterize(anatomy, les.center, les.radii * ENLARGE_FROM, les.rotation)
+        if mask.sum() >= MIN_VOXELS:
+            out[les.index] = replace(les, course="enlarging")
+            others = [o for o in others if o is not les]
+            break
+    if len(others) > 1:  # resolving: the smallest remaining one, absent at the last session
+        res = min(others, key=lambda les: float(np.prod(les.radii)))
+        out[res.index] = replace(res, course="resolving", offset=n_sessions - 1)
     return [out[k] for k in sorted(out)]
 
 
@@ -280,7 +307,7 @@ def render_lesions(
     severity = np.zeros(anatomy.shape, dtype=np.float32)
     r_lo = min_radius(anatomy.voxel_size)
     for les in lesions:
-        if session < les.onset:
+        if not les.present_at(session):
             continue
         box, mask, rho2 = rasterize(anatomy, les.center, les.radii_at(session, r_lo), les.rotation)
         ids[box][mask] = les.index
@@ -301,7 +328,7 @@ def lesion_rows(
     vox3 = anatomy.voxel_size**3
     for les in lesions:
         mask = ids == les.index
-        if session < les.onset or not mask.any():
+        if not les.present_at(session) or not mask.any():
             continue
         box = ndi.find_objects(mask.astype(np.int8))[0]
         box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)

@@ -13,7 +13,7 @@ def test_unused_collections_are_listed_with_reasons(subject, reference, run_cli,
     _, affine, brain = reference
     anat = subject / "sub-01" / "anat"
     for i in (1, 2):
-        save(anat / f"sub-01_inv-{i}_IRT1.nii.gz", np.where(brain, 100.0 * i, 0), affine)
+        save(anat / f"sub-01_echo-{i}_PDT2.nii.gz", np.where(brain, 100.0 * i, 0), affine)
         save(anat / f"sub-01_echo-{i}_part-phase_MEGRE.nii.gz", np.zeros(brain.shape), affine)
     caplog.set_level(logging.INFO)
     code, _ = run_cli("vfa_t1")
@@ -21,7 +21,7 @@ def test_unused_collections_are_listed_with_reasons(subject, reference, run_cli,
     text = caplog.text
     assert "found anat/*_VFA (3 files) -> vfa_t1" in text
     assert "found anat/*_FLAIR (1 file) -> structural" in text
-    assert "anat/*_IRT1 (2 files, e.g. sub-01_inv-1_IRT1.nii.gz): no model for IRT1" in text
+    assert "anat/*_PDT2 (2 files, e.g. sub-01_echo-1_PDT2.nii.gz): no model for PDT2" in text
     assert "found fmap/*_TB1map (1 file) -> b1" in text  # the producer vfa_t1 needs
     assert "anat/*_MESE (16 files, e.g. sub-01_echo-1_MESE.nii.gz): --models left out" in text
     assert "anat/*_MEGRE part-phase (2 files" in text

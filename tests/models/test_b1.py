@@ -70,7 +70,9 @@ def test_afi_from_real_sidecars_any_order():
     coll = collection("TB1AFI", metas, [str(p.with_suffix(".nii.gz")) for p in jsons])
     model = B1Model.from_collections({"tb1afi": coll})
     assert model.order == (1, 0)
-    assert model.acquisition == {
+    acq = dict(model.acquisition)
+    assert "Yarnykh" in acq.pop("B1Conversion")
+    assert acq == {
         "B1Method": "tb1afi",
         "FlipAngle": [60.0, 60.0],
         "RepetitionTimeExcitation": [0.1, 0.02],
@@ -108,7 +110,9 @@ def test_dam_round_trip_from_real_sidecars():
     metas = [json.loads(p.read_text()) for p in jsons]
     paths = [str(p.with_suffix(".nii.gz")) for p in jsons]
     model = B1Model.from_collections({"tb1dam": collection("TB1DAM", metas, paths)})
-    assert model.acquisition == {"B1Method": "tb1dam", "FlipAngle": [60.0, 120.0]}
+    acq = dict(model.acquisition)
+    assert "Insko" in acq.pop("B1Conversion")
+    assert acq == {"B1Method": "tb1dam", "FlipAngle": [60.0, 120.0]}
     signals = np.stack([fw.gre_long_tr(800.0, m["FlipAngle"], b1=B1_TRUE) for m in metas], -1)
     np.testing.assert_allclose(model.fit(signals).params[:, 0], B1_TRUE, rtol=1e-10)
     # the same through a finite but long TR (TR = 10 T1): e^-10 of T1 weighting remains
@@ -157,7 +161,9 @@ def test_tb1map_scaling_paths(caplog):
     pct = B1Model.from_collections({"tb1map": collection("TB1map", [{"Units": "%"}], [path])})
     np.testing.assert_allclose(pct.fit(data).params[:2, 0], [0.95, 1.05])
     assert np.isnan(pct.fit(data).params[2, 0])
-    assert pct.acquisition == {"B1Method": "tb1map", "B1Scale": 0.01, "B1ScaleSource": "Units='%'"}
+    acq = dict(pct.acquisition)
+    assert acq.pop("B1Conversion").startswith("B1 = value")
+    assert acq == {"B1Method": "tb1map", "B1Scale": 0.01, "B1ScaleSource": "Units='%'"}
     bare = B1Model.from_collections({"tb1map": collection("TB1map", [{}], [path])})
     assert bare.scale is None
     scaled = bare.with_scale(b1_scale_from_values(data), source="median of values")
@@ -170,7 +176,14 @@ def test_tb1map_scaling_paths(caplog):
 
 
 def test_alternatives_first_present_wins():
-    assert B1Model.input_sets() == (("tb1map",), ("tb1afi",), ("tb1dam",))
+    assert B1Model.input_sets() == (
+        ("tb1map",),
+        ("tb1afi",),
+        ("tb1dam",),
+        ("tb1tfl",),
+        ("tb1epi",),
+        ("tb1srge",),
+    )
     assert all(spec.optional for spec in B1Model.inputs)
     afi = collection(
         "TB1AFI",

@@ -389,7 +389,7 @@ def test_monoexp_from_collections_and_mask(rng, cls, te):
     [
         (VFAT1Model, (FLIPS, TR), "['linear', 'nonlinear']"),
         (MEGRER2starModel, (TE_GRE,), "['loglinear', 'nonlinear']"),
-        (MESET2Model, (TE_SE,), "['loglinear', 'nonlinear']"),
+        (MESET2Model, (TE_SE,), "['loglinear', 'nonlinear', 'epg']"),
     ],
 )
 def test_unknown_fit_method_lists_valid_names(cls, args, valid):
@@ -421,7 +421,7 @@ def test_registry_and_outputs():
         "mese_t2": ["T2map", "R2map", "desc-MESE_M0map"],
     }
     assert VFAT1Model.uses_b1
-    assert not MESET2Model.uses_b1
+    assert MESET2Model.uses_b1  # the angle of fit_method='epg' may come from B1
     assert not MEGRER2starModel.uses_b1
     for cls in (VFAT1Model, MEGRER2starModel, MESET2Model):
         assert cls.description

@@ -32,6 +32,7 @@ from bids_app.errors import MetadataError
 from bids_app.models import REGISTRY
 from bids_app.models.b1 import B1Model
 from bids_app.models.base import QMRIModel
+from bids_app.models.mwf.mwf import MIN_ECHOES
 from bids_app.models.relaxometry import MEGRER2starModel
 from tests.models.mt_forward import afi, gre_long_tr, spgr_mt
 
@@ -42,8 +43,14 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-#: outputs that do not depend on the B1 covariate
-B1_FREE = {("mtsat", "MTR")}
+#: outputs that do not depend on the B1 covariate (mwf fits the angle where B1 is not valid;
+#: so does mese_t2 with fit_method='epg', and its mono-exponential fits never read B1)
+B1_FREE = (
+    {("mtsat", "MTR")}
+    | {("mwf", o) for o in ("MWF", "IEWF", "T2MW", "T2IEW", "Angle", "SNR", "Residual")}
+    | {("mese_t2", o) for o in ("T2", "R2", "M0", "Angle")}
+    | {("mp2rage", "UNIT1")}  # from the two inversions alone
+)
 SPECIAL = [0.0, -0.0, -1.0, np.nan, np.inf, -np.inf, 1e300, -1e300, 1e-300, 5e-324, 3.5e38]
 elements = st.one_of(
     st.floats(1e-3, 1e4),  # magnitude images
@@ -121,7 +128,31 @@ def models(draw, name: str) -> QMRIModel:
             return _build(cls, "tb1afi", flip_angles=[flip, flip], repetition_times=trs)
         alpha = draw(st.floats(1.0, 90.0))
         return _build(cls, "tb1dam", flip_angles=draw(st.permutations([alpha, 2 * alpha])))
-    raise AssertionError(f"no fuzz strategy for the registered model {name!r}: add one")
+    if name == "mwf":  # CPMG trains; few distinct protocols, so the cached bases are reused
+        n = draw(st.sampled_from([MIN_ECHOES, 17, 32]))
+        tes = draw(st.sampled_from([0.005, 0.01])) * np.arange(1, n + 1)
+        return _build(
+            cls,
+            draw(st.permutations(tes)),
+            regularization=draw(st.sampled_from(["none", "chi2", "gcv", "lcurve"])),
+            refocusing_angle=draw(st.sampled_from(["fit", "b1"])),
+            n_t2=draw(st.sampled_from([8, 40])),
+            angle_resolution=2.0,
+        )
+    return _generic(draw, cls, name)
+
+
+def _generic(draw, cls, name: str) -> QMRIModel:
+    """Any other model: its own example protocol with options drawn from their choices."""
+    example = cls.example_collections()
+    if example is None or cls.simulate is QMRIModel.simulate:
+        raise AssertionError(f"no fuzz strategy for the registered model {name!r}: add one")
+    options = {k: draw(st.sampled_from(o.choices)) for k, o in cls.options_spec.items()
+               if o.choices}  # fmt: skip
+    try:
+        return cls.from_collections(example, **options)
+    except ValueError:  # an option combination the model refuses (MetadataError, exit 65)
+        reject()
 
 
 def n_meas(model: QMRIModel) -> int:
@@ -131,7 +162,9 @@ def n_meas(model: QMRIModel) -> int:
             return len(getattr(model, attr))
     if isinstance(model, B1Model):
         return 1 if model.method == "tb1map" else 2
-    return {"mtr": 2, "mtsat": 3}[model.name]
+    if model.name in ("mtr", "mtsat"):
+        return {"mtr": 2, "mtsat": 3}[model.name]
+    return model.simulate(1, np.random.default_rng(0))[1].shape[-1]
 
 
 @st.composite
@@ -148,6 +181,10 @@ def simulate(model: QMRIModel, n: int, rng: np.random.Generator) -> np.ndarray:
     elif model.name in ("megre_r2star", "mese_t2"):
         rate = rng.uniform(5, 60, n) if model.name == "megre_r2star" else rng.uniform(5, 30, n)
         sig = m0[:, None] * np.exp(-rate[:, None] * model.echo_time[None, :])
+    elif model.name == "mwf":  # myelin water (10-25 ms) and intra/extracellular (60-90 ms)
+        mwf, te = rng.uniform(0, 0.3, (n, 1)), model.echo_time[None, :]
+        t2_mw, t2_ie = rng.uniform(0.01, 0.025, (n, 1)), rng.uniform(0.06, 0.09, (n, 1))
+        sig = m0[:, None] * (mwf * np.exp(-te / t2_mw) + (1 - mwf) * np.exp(-te / t2_ie))
     elif model.name == "mtr":
         sig = np.stack((m0, m0 * rng.uniform(0.4, 1.0, n)), -1)[:, [model.i_off, model.i_on]]
     elif model.name == "mtsat":
@@ -159,6 +196,8 @@ def simulate(model: QMRIModel, n: int, rng: np.random.Generator) -> np.ndarray:
             ],
             -1,
         )
+    elif not isinstance(model, B1Model):  # the generic strategy: the model's own simulation
+        sig = model.simulate(n, rng)[1]
     elif model.method == "tb1map":
         sig = rng.uniform(0.5, 1.5, (n, 1)) / (model.scale or 1.0)
     elif model.method == "tb1afi":
@@ -307,6 +346,7 @@ USUAL = {
     "megre_r2star": lambda: REGISTRY["megre_r2star"]([0.003, 0.006, 0.009, 0.012, 0.015]),
     "mese_t2": lambda: REGISTRY["mese_t2"]([0.01 * k for k in range(1, 9)]),
     "mtr": lambda: REGISTRY["mtr"]([False, True]),
+    "mwf": lambda: REGISTRY["mwf"](0.01 * np.arange(1, 33)),
     "mtsat": lambda: REGISTRY["mtsat"]([6.0, 20.0, 6.0], [0.025] * 3, [False, False, True]),
     "b1": lambda: B1Model("tb1map", scale=1.0),
 }
@@ -314,7 +354,8 @@ USUAL = {
 
 @pytest.mark.parametrize("name", VOXELWISE)
 def test_undefined_fits_are_nan_and_plausible_ones_finite(name):
-    model = USUAL[name]()
+    cls = REGISTRY[name]
+    model = USUAL[name]() if name in USUAL else cls.from_collections(cls.example_collections())
     m = n_meas(model)
     good = simulate(model, 1, np.random.default_rng(7))[0]
     rows = [np.zeros(m), -good, good * 0 + np.nan, np.where(np.arange(m) == 0, np.inf, good)]

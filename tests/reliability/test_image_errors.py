@@ -3,7 +3,8 @@
 Decisions, as an MS imaging study would want them:
 
 - An image that cannot be read completely (truncated or corrupt gzip, zero bytes, random
-  bytes, a broken symlink left by an un-fetched DataLad dataset) is refused (65). The gzip
+  bytes) is refused (65); a broken symlink left by an un-fetched DataLad dataset is found
+  before any work (66, tests/test_datalad_inputs.py). The gzip
   CRC is checked: nibabel stops at the declared size, so flipped bytes would otherwise give
   silently wrong voxels.
 - A header is checked before any data is read: absurd dimensions (more voxels than
@@ -62,11 +63,6 @@ def zero_bytes(path, edit):
     path.write_bytes(b"")
 
 
-def unfetched(path, edit):
-    path.unlink()
-    path.symlink_to("../../.git/annex/objects/Pq/Zx/MD5E-s9--1a2b.nii.gz/MD5E-s9--1a2b.nii.gz")
-
-
 def singular_sform(path, edit):
     """An sform whose z row is zero (written byte by byte: nibabel refuses to)."""
     img = nib.load(path)
@@ -121,7 +117,7 @@ VOLUME_CASES = [
     ("corrupt-gzip", flip_bytes, ("data=", "corrupt gzip stream", "CRC")),
     ("not-gzip", random_bytes, ("file=", "readable NIfTI")),
     ("zero-bytes", zero_bytes, ("file size='0 bytes'", "non-empty")),
-    ("unfetched-datalad", unfetched, ("broken symlink", "datalad get")),
+    # an un-fetched DataLad image is 66 before any work: tests/test_datalad_inputs.py
     ("4-D", change(lambda d: np.stack([d, d], -1)), ("dim=(39, 48, 41, 2)", "a 3-D image")),
     ("shape", change(lambda d: d[:-1]), ("shape=(38, 48, 41)", "(39, 48, 41) like")),
     ("affine", change(lambda d: d, affine=shift(5.0)), ("affine=", "the affine of")),

@@ -196,8 +196,8 @@ def test_unfetched_datalad_sidecar(dataset, msqmri):
     path.unlink()
     path.symlink_to("../../.git/annex/objects/Xx/Yy/MD5E-s200--0123.json/MD5E-s200--0123.json")
     res = msqmri(dataset)
-    assert res.code == 65
-    res.one_error("sub-01_flip-2_VFA.json", "broken symlink", "datalad get")
+    assert res.code == 66  # absent content, before any work (CONTRACT 5)
+    res.one_error("sub-01/anat/sub-01_flip-2_VFA.json", "broken symlink", "datalad get")
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Relative B1+ maps (``b1``): actual / nominal flip angle, 1.0 = nominal.
 
-Three inputs are recognised; the first one present wins (:attr:`B1Model.alternatives`):
+Six inputs are recognised; the first one present wins (:attr:`B1Model.alternatives`,
+declared in :mod:`bids_app.models.b1._inputs`):
 
 ``tb1map``
     ``fmap/*_TB1map`` given directly. Its scale (fraction or percent) comes from the sidecar
@@ -15,6 +16,17 @@ Three inputs are recognised; the first one present wins (:attr:`B1Model.alternat
     Double-angle method (Insko & Bolinger 1993): images at α and 2α with TR >> T1, so
     ``S ∝ sin(B1 α)`` and ``B1 α = arccos(S_2α / (2 S_α))``. Magnitude images fold actual
     angles above 90° back below it, so B1 is measurable up to ``90° / α``.
+``tb1tfl``
+    Siemens ``tfl_b1map`` (Chung et al. 2010): ``B1 = famp / (10 FlipAngle)``, the
+    ``acq-anat`` image is registered (:mod:`~bids_app.models.b1._tfl`).
+``tb1epi``
+    3D-EPI SE/STE (Jiru & Klose 2006, Lutti et al. 2010): ``cos(B1 α) = exp(TM/T1) STE/SE``
+    over several α, the consistent candidates averaged (:mod:`~bids_app.models.b1._epi`).
+``tb1srge``
+    SA2RAGE (Eggenschwiler et al. 2012): the ratio of the two saturation-recovery GRE
+    images through a lookup table of the sequence (:mod:`~bids_app.models.b1._sa2rage`).
+
+TB1EPI and TB1SRGE assume a T1 (option ``assumed_t1``, recorded in the sidecars).
 
 After the voxel fit, :meth:`B1Model.spatial_postprocess` smooths the map with a mask-aware
 (normalised-convolution) Gaussian and fills voxels outside the mask, because consumers need B1
@@ -31,6 +43,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bids_app.errors import MetadataError
+from bids_app.models.b1._epi import EPIProtocol
+from bids_app.models.b1._inputs import B1_ALTERNATIVES, B1_INPUTS, CONVERSIONS
 from bids_app.models.b1._physics import (
     DEFAULT_FWHM_MM,
     afi_b1,
@@ -39,11 +53,11 @@ from bids_app.models.b1._physics import (
     scale_from_units,
     smooth_fill_b1,
 )
+from bids_app.models.b1._sa2rage import SA2RAGEProtocol, sa2rage_protocol
+from bids_app.models.b1._tfl import TFLProtocol
 from bids_app.models.base import (
     B1_RANGE,
     Collection,
-    InputSpec,
-    MetaSpec,
     Option,
     OutputSpec,
     QMRIModel,
@@ -64,7 +78,11 @@ __all__ = [
     "smooth_fill_b1",
 ]
 
-_EXTENSIONS = [".nii", ".nii.gz"]
+#: the B1 map types whose conversion is a protocol object of a private module
+_PROTOCOLS = {"tb1tfl": TFLProtocol, "tb1epi": EPIProtocol, "tb1srge": SA2RAGEProtocol}
+#: T1 assumed by the TB1EPI mixing-time decay and the TB1SRGE lookup table (s): white matter
+#: at 3 T (1.19 s, the hMRI default of Lutti et al.), near grey/white averages at 7 T
+DEFAULT_T1 = 1.2
 
 
 def _afi_roles(trs: Sequence[float]) -> tuple[int, int]:
@@ -91,11 +109,11 @@ def _dam_roles(flips: Sequence[float]) -> tuple[int, int]:
 
 @register
 class B1Model(QMRIModel):
-    """Relative B1+ (actual / nominal flip angle) from a TB1map, AFI or DAM acquisition.
+    """Relative B1+ (actual / nominal flip angle) from any BIDS B1 map type.
 
     Parameters
     ----------
-    method : {'tb1map', 'tb1afi', 'tb1dam'}
+    method : {'tb1map', 'tb1afi', 'tb1dam', 'tb1tfl', 'tb1epi', 'tb1srge'}
         Which input the data come from.
     flip_angles : sequence of float
         Nominal flip angles in degrees, per volume in stacking order (AFI, DAM).
@@ -106,8 +124,13 @@ class B1Model(QMRIModel):
         not decided yet (see :meth:`with_scale`).
     scale_source : str or None
         How the scale was decided (recorded in :attr:`acquisition`).
+    protocol : TFLProtocol, EPIProtocol or SA2RAGEProtocol, optional
+        The parsed sequence of a ``tb1tfl``, ``tb1epi`` or ``tb1srge`` input (required for
+        those methods; see their ``from_collection``).
     smoothing_fwhm_mm : float
         FWHM of :meth:`spatial_postprocess` in mm (default 8; 0 disables smoothing).
+    assumed_t1 : float
+        T1 in s assumed by the TB1EPI and TB1SRGE conversions (default 1.2).
     """
 
     #: B1+ maps are smooth, without anatomy to register (measured: a synthetic TB1map moved
@@ -115,43 +138,19 @@ class B1Model(QMRIModel):
     registrable = False
 
     name = "b1"
-    description = "Relative B1+ map from a TB1map, AFI (Yarnykh 2007) or DAM (Insko 1993)"
+    description = (
+        "Relative B1+ map from a TB1map, AFI (Yarnykh 2007), DAM (Insko 1993), Siemens TFL "
+        "(Chung 2010), 3D-EPI SE/STE (Lutti 2010) or SA2RAGE (Eggenschwiler 2012)"
+    )
     reference = (
         "Yarnykh VL. Magn Reson Med 2007;57:192-200 (AFI); "
-        "Insko EK, Bolinger L. J Magn Reson A 1993;103:82-85 (DAM)"
+        "Insko EK, Bolinger L. J Magn Reson A 1993;103:82-85 (DAM); "
+        "Chung S et al. Magn Reson Med 2010;64:439-446 (TFL); "
+        "Lutti A et al. Magn Reson Med 2010;64:229-238 (EPI); "
+        "Eggenschwiler F et al. Magn Reson Med 2012;67:1609-1619 (SA2RAGE)"
     )
-    inputs = (
-        InputSpec(
-            "tb1map",
-            {"datatype": "fmap", "suffix": "TB1map", "extension": _EXTENSIONS},
-            n_volumes=(1, 1),
-            optional=True,
-        ),
-        InputSpec(
-            "tb1afi",
-            {"datatype": "fmap", "suffix": "TB1AFI", "extension": _EXTENSIONS},
-            metadata=(
-                MetaSpec("FlipAngle", "angle", (1.0, 180.0)),
-                MetaSpec(
-                    "RepetitionTimeExcitation", "time", (1e-3, 1.0), aliases=("RepetitionTime",)
-                ),
-            ),
-            stack_along=("RepetitionTimeExcitation",),
-            index_entities=("acquisition",),
-            n_volumes=(2, 2),
-            optional=True,
-        ),
-        InputSpec(
-            "tb1dam",
-            {"datatype": "fmap", "suffix": "TB1DAM", "extension": _EXTENSIONS},
-            metadata=(MetaSpec("FlipAngle", "angle", (1.0, 180.0)),),
-            stack_along=("FlipAngle",),
-            index_entities=("flip",),
-            n_volumes=(2, 2),
-            optional=True,
-        ),
-    )
-    alternatives = (("tb1map",), ("tb1afi",), ("tb1dam",))
+    inputs = B1_INPUTS
+    alternatives = B1_ALTERNATIVES
     outputs = (OutputSpec("B1", "TB1map", "fraction of nominal flip angle", valid_range=B1_RANGE),)
     options_spec: ClassVar[Mapping[str, Option]] = {
         "smoothing_fwhm_mm": Option(
@@ -160,7 +159,14 @@ class B1Model(QMRIModel):
             range=(0.0, 50.0),
             unit="mm",
             doc="FWHM of the mask-aware smoothing (0: none)",
-        )
+        ),
+        "assumed_t1": Option(
+            DEFAULT_T1,
+            float,
+            range=(0.2, 5.0),
+            unit="s",
+            doc="T1 assumed by TB1EPI (decay during the mixing time) and TB1SRGE (lookup)",
+        ),
     }
 
     def __init__(
@@ -172,6 +178,7 @@ class B1Model(QMRIModel):
         scale: float | None = None,
         scale_source: str | None = None,
         tr_key: str = "RepetitionTimeExcitation",
+        protocol: TFLProtocol | EPIProtocol | SA2RAGEProtocol | None = None,
         **options: Any,
     ):
         super().__init__(**options)
@@ -191,6 +198,12 @@ class B1Model(QMRIModel):
                 raise _RoleError(1, "FlipAngle", self.flip_angles, "one flip angle for both")
         elif method == "tb1dam":
             self.order = _dam_roles(self.flip_angles)
+        self.protocol = protocol
+        if method in _PROTOCOLS and not isinstance(protocol, _PROTOCOLS[method]):
+            raise ValueError(f"b1: method={method!r} needs a {_PROTOCOLS[method].__name__}")
+        if method == "tb1tfl" and protocol.anat_index is not None:
+            self.registrable = True  # the anatomy registers (header alignment otherwise)
+        self.fit_notes: dict[str, Any] = {}
 
     def _set_scale(self, scale: float, source: str | None) -> None:
         if not np.isfinite(scale) or scale <= 0:
@@ -213,15 +226,19 @@ class B1Model(QMRIModel):
         Raises
         ------
         MetadataError
-            If no input is present, the AFI TRs are equal, the AFI flip angles differ or the
-            DAM flip angles are not α and 2α (naming the file and key).
+            If no input is present, the AFI TRs are equal, the AFI flip angles differ, the
+            DAM flip angles are not α and 2α, or the TFL, EPI or SA2RAGE metadata are
+            incomplete or inconsistent (naming the file and key).
         """
         method = next((n[0] for n in cls.alternatives if all(k in collections for k in n)), None)
         if method is None:
-            raise MetadataError(
-                None, "inputs", sorted(collections), "one of TB1map, TB1AFI or TB1DAM"
-            )
+            types = ", ".join(s.query["suffix"] for s in cls.inputs)
+            raise MetadataError(None, "inputs", sorted(collections), f"one of {types}")
         coll = collections[method]
+        if method == "tb1srge":
+            return cls(method, protocol=sa2rage_protocol(coll), **options)
+        if method in _PROTOCOLS:
+            return cls(method, protocol=_PROTOCOLS[method].from_collection(coll), **options)
         if method == "tb1map":
             units = coll.volumes[0].metadata.get("Units")
             scale = scale_from_units(units, path=coll.volumes[0].path)
@@ -242,7 +259,18 @@ class B1Model(QMRIModel):
             raise err.to_metadata_error(coll) from None
 
     def prepare(self, data: np.ndarray, mask: np.ndarray, *, path: str | None = None) -> B1Model:
-        """Decide the TB1map scale (fraction or percent) from the in-mask values if needed."""
+        """Decide the TB1map scale from the in-mask values; check the TFL and SA2RAGE data.
+
+        Raises
+        ------
+        MetadataError
+            A TB1TFL famp image that is not in tenths of a degree of its ``FlipAngle``.
+        """
+        inside = np.asarray(mask, dtype=bool)
+        if self.method == "tb1tfl":
+            self.protocol.check_scale(np.asarray(data)[..., self.protocol.famp_index][inside])
+        if self.method == "tb1srge":
+            self._note_sa2rage_sign(np.asarray(data)[..., 0][inside])
         if self.method != "tb1map" or self.scale is not None:
             return self
         values = np.asarray(data)[..., 0][np.asarray(mask, dtype=bool)]
@@ -273,19 +301,46 @@ class B1Model(QMRIModel):
         signal[:, j] = 1000.0 * (1 + ratio * cos_a) / (ratio + cos_a)  # r = (1 + n cos)/(n + cos)
         return b1[:, None], signal, {}
 
+    def _note_sa2rage_sign(self, s1: np.ndarray) -> None:
+        """Record (and warn) when magnitude SA2RAGE images limit the measurable range."""
+        s1 = s1[np.isfinite(s1)]
+        if s1.size and (s1 < 0).any():
+            self.fit_notes["TB1SRGESignal"] = "signed (phase-sensitive): full table range"
+            return
+        fold = self.protocol.fold(self.options["assumed_t1"])
+        logger.warning(
+            "b1: TB1SRGE images have no negative value (magnitude?): B1 above %.3g folds "
+            "below it; phase-sensitive (signed) images give the whole range",
+            fold,
+        )
+        self.fit_notes["TB1SRGESignal"] = f"magnitude: B1 above {fold:.3g} folds below it"
+
+    def registration_image(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The TB1TFL anatomy when present, else the first volume of the input."""
+        if self.method == "tb1tfl" and self.protocol.anat_index is not None:
+            return data[self.method][..., self.protocol.anat_index]
+        return super().registration_image(data)
+
     @property
     def acquisition(self) -> dict[str, Any]:
-        """Method and parameters used, per volume in stacking order."""
+        """Method, parameters per volume in stacking order, and the conversion used."""
         acq: dict[str, Any] = {"B1Method": self.method}
+        if self.method in _PROTOCOLS:
+            return {**acq, **self.protocol.acquisition(float(self.options["assumed_t1"]))}
         if self.method == "tb1map":
             acq.update(B1Scale=self.scale, B1ScaleSource=self.scale_source)
         else:
             acq["FlipAngle"] = list(self.flip_angles)
         if self.method == "tb1afi":
             acq[self.tr_key] = list(self.repetition_times)
+        acq["B1Conversion"] = CONVERSIONS[self.method]
         return acq
 
     def _fit_voxels(self, signal: np.ndarray, **covariates: np.ndarray) -> np.ndarray:
+        if self.method == "tb1tfl":
+            return self.protocol.b1(signal)[:, None]
+        if self.method in _PROTOCOLS:
+            return self.protocol.b1(signal, float(self.options["assumed_t1"]))[:, None]
         if self.method == "tb1map":
             scale = self.scale
             if scale is None:
@@ -327,6 +382,7 @@ class B1Model(QMRIModel):
                 list(B1_RANGE),
             )
         self.fit_notes = {
+            **getattr(self, "fit_notes", {}),
             "NumberOfInvalidVoxelsFilled": n_filled,
             "InvalidVoxelsFilledBy": (
                 f"mask-aware Gaussian smoothing (FWHM {fwhm:g} mm) of the valid voxels"

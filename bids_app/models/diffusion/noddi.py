@@ -61,6 +61,7 @@ class NODDI(DWIModel):
         "n_icvf": Option(25, int, range=(5, 200), doc="ICVF grid size of the dictionary"),
         **PREPROC_OPTIONS,
     }
+
     def _dipy_model(self):
         return None
 

@@ -2,7 +2,7 @@
 
 :func:`epg_cpmg_decay` (the EPG kernel), :func:`nnls_gram` (the batched solver) and
 :class:`GramStack` (Gram matrices prepared for it) are public for reuse by other EPG-based
-models. :class:`MWFModel` is not registered yet (see its module).
+models. :class:`MWFModel` is the registered ``mwf`` model.
 """
 
 from bids_app.models._epg import epg_cpmg_decay

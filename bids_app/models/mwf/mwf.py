@@ -5,11 +5,17 @@ Each voxel's decay is the non-negative sum of EPG decay curves over a log-spaced
 map), and the spectrum regularised (``chi2`` by default); the myelin water fraction is the
 share of the spectrum below ``mw_cutoff``. See :mod:`bids_app.models.mwf._fit`.
 
-Not registered yet: the accuracy target of its issue (median |MWF error| <= 2 points in WM
-at SNR 100) lies below the Cramér-Rao bound of the three-pool signal (about 6 points SD for
-an unbiased estimate; tests/models/test_mwf.py), the fit reaches 3.3 points there and 1.9 at
-SNR 300. Registering is the import in :mod:`bids_app.models` plus ``@register``; the fuzz
-tests then need an ``mwf`` strategy. Speed: ``benchmarks/bench_mwf.py``.
+Inputs: every ``anat/*_echo-<i>_MESE`` collection, as for ``mese_t2`` (CONTRACT section 3;
+both models fit the same images, their outputs never share a name: ``mese_t2`` writes
+``T2map``, ``R2map``, ``desc-MESE_M0map``, ``mwf`` the ``desc-MW``/``desc-IEW`` T2 maps and
+the maps below). A collection that is not a CPMG train of at least :data:`MIN_ECHOES`
+echoes (``EchoTime = k * TE1``) is refused with :class:`~bids_app.errors.NotApplicableError`
+(the participant level then skips ``mwf`` for it and fits the rest, ``mese_t2`` included).
+
+Accuracy (tests/models/test_mwf.py, test_mwf_synth.py): the median |MWF error| in WM at SNR
+100 is about 3 points with the angle fitted (the Cramér-Rao bound of the three-pool signal is
+about 6 points SD per voxel), below 2 points from SNR 200 on the synthetic images (1.3 at
+300). Speed: ``benchmarks/bench_mwf.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bids_app.errors import MetadataError
+from bids_app.errors import NotApplicableError
 from bids_app.models.base import (
     B1_REQUIREMENT,
     Collection,
@@ -30,6 +36,7 @@ from bids_app.models.base import (
     OutputSpec,
     QMRIModel,
     example_collection,
+    register,
     valid_b1,
 )
 from bids_app.models.mwf._fit import fit_spectra, make_basis, summarise
@@ -37,12 +44,15 @@ from bids_app.models.mwf._regularise import METHODS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MWFModel"]
+__all__ = ["MIN_ECHOES", "MWFModel"]
 
+#: fewest echoes of a myelin water protocol (a T2 spectrum needs many more than 2 or 3)
+MIN_ECHOES = 8
 #: residuals below this fraction of the largest echo are float round-off: reported as 0
 _ROUNDOFF = 1e-11
 
 
+@register
 class MWFModel(QMRIModel):
     """Myelin water imaging: T2 spectra by NNLS on an EPG basis, MWF and window T2.
 
@@ -57,9 +67,11 @@ class MWFModel(QMRIModel):
     -----
     Outputs, per voxel: ``MWF`` and ``IEWF`` (percent of the spectrum below ``mw_cutoff``,
     and in ``[mw_cutoff, iew_cutoff)``), their geometric-mean T2 (s), the refocusing angle
-    (degrees: fitted, or ``180 * B1`` with ``refocusing_angle='b1'``), the SNR (largest echo
-    over the rms residual) and the rms residual (signal units). A voxel with a non-finite
-    value or no positive echo gets NaN.
+    (degrees: fitted, or ``180 - |180 B1 - 180|`` with ``refocusing_angle='b1'``: CPMG
+    echoes at ``a`` and ``360 - a`` are the same), the SNR (largest echo over the rms
+    residual) and the rms residual (signal units). A voxel with a non-finite
+    value or no positive echo gets NaN; one without a valid B1 gets its angle fitted, so no
+    output is undefined because of the B1 map.
     """
 
     name = "mwf"
@@ -76,7 +88,7 @@ class MWFModel(QMRIModel):
             metadata=(MetaSpec("EchoTime", "time", (1e-3, 1.0)),),
             stack_along=("EchoTime",),
             index_entities=("echo",),
-            n_volumes=(4, 0),
+            # fewer than MIN_ECHOES: not applicable (from_collections), not a bad dataset
         ),
     )
     outputs = (
@@ -98,7 +110,7 @@ class MWFModel(QMRIModel):
         "mw_cutoff": Option(0.04, float, range=(0.005, 0.2), unit="s", doc="MW window top"),
         "iew_cutoff": Option(0.2, float, range=(0.02, 2.0), unit="s", doc="IEW window top"),
         "refocusing_angle": Option(
-            "fit", str, ("fit", "b1"), doc="fit per voxel, or 180 deg x B1 where given"
+            "fit", str, ("fit", "b1"), doc="fit per voxel, or 180-|180 B1-180| deg where B1 valid"
         ),
         "angle_min": Option(100.0, float, range=(50.0, 170.0), unit="degree", doc="search"),
         "n_angles": Option(17, int, range=(4, 64), doc="coarse angle grid"),
@@ -113,12 +125,19 @@ class MWFModel(QMRIModel):
         self.order = np.argsort(te, kind="stable")
         ts = te[self.order]
         esp = ts[0]
-        if ts.size < 4 or not np.allclose(ts, esp * np.arange(1, ts.size + 1), rtol=1e-3):
+        if ts.size < MIN_ECHOES or not np.allclose(ts, esp * np.arange(1, ts.size + 1), rtol=1e-3):
             raise ValueError(
-                f"{self.name}: EchoTime must be k * TE1 (k = 1..n, n >= 4), got {te.tolist()}"
+                f"{self.name}: EchoTime must be k * TE1 (k = 1..n, n >= {MIN_ECHOES}), "
+                f"got {te.tolist()}"
             )
         self.echo_spacing = float(esp)
         o = self.options
+        if o["refocusing_angle"] == "fit":
+            self.fit_notes["RefocusingAngle"] = "fitted per voxel (a B1 map is not used)"
+        else:
+            self.fit_notes["RefocusingAngle"] = (
+                "180 - |180 B1 - 180| deg where B1 is valid, fitted elsewhere"
+            )
         if o["mw_cutoff"] >= o["iew_cutoff"]:
             raise ValueError(f"{self.name}: mw_cutoff must be below iew_cutoff")
         t2_min = o["t2_min"] or self.echo_spacing
@@ -142,12 +161,14 @@ class MWFModel(QMRIModel):
         coll = collections["mese"]
         te = coll.values("EchoTime")
         ts = np.sort(te)
-        if ts.size < 4 or not np.allclose(ts, ts[0] * np.arange(1, ts.size + 1), rtol=1e-3):
-            raise MetadataError(
+        cpmg = np.allclose(ts, ts[0] * np.arange(1, ts.size + 1), rtol=1e-3)
+        if ts.size < MIN_ECHOES or not cpmg:
+            raise NotApplicableError(
                 coll.volumes[0].path if coll.volumes else None,
                 coll.sources.get("EchoTime", "EchoTime"),
                 [float(v) for v in te],
-                "a CPMG train for mwf: EchoTime = k * TE1, k = 1..n, at least 4 echoes",
+                f"a CPMG train for mwf: EchoTime = k * TE1, k = 1..n, at least {MIN_ECHOES} "
+                "echoes",
             )
         return cls(te, **options)
 
@@ -162,17 +183,22 @@ class MWFModel(QMRIModel):
         }
 
     def _angle_index(self, b1: np.ndarray | None, n: int) -> np.ndarray | None:
-        """Fine-grid indices from ``180 * B1`` (clipped to the grid), ``-1`` to fit."""
+        """Fine-grid indices of ``180 - |180 B1 - 180|`` (clipped to the grid); ``-1``: fitted.
+
+        Voxels without a valid B1 (:func:`~bids_app.models.base.valid_b1`) get their angle
+        fitted; ``None`` (all fitted) for option ``fit`` or without a B1 map.
+        """
         if self.options["refocusing_angle"] != "b1":
             return None
         if b1 is None:
-            self.fit_notes["RefocusingAngle"] = "fitted (no B1 map)"
+            self.fit_notes["RefocusingAngle"] = "fitted per voxel (no B1 map)"
             return None
-        b1 = valid_b1(b1)
-        angle = np.clip(180.0 * b1, self.basis.angles[0], 180.0)
-        index = np.abs(angle[:, None] - self.basis.angles[None, :]).argmin(axis=1)
+        b1 = valid_b1(np.broadcast_to(np.asarray(b1, dtype=np.float64), (n,)))
+        with np.errstate(invalid="ignore"):  # CPMG echoes at a and 360 - a are the same
+            angle = np.clip(180.0 - np.abs(180.0 * b1 - 180.0), self.basis.angles[0], 180.0)
+        index = np.abs(np.nan_to_num(angle)[:, None] - self.basis.angles[None, :]).argmin(axis=1)
         index[~np.isfinite(b1)] = -1
-        return index[:n]
+        return index
 
     def fit_details(
         self, signal: np.ndarray, b1: np.ndarray | None = None
@@ -197,11 +223,11 @@ class MWFModel(QMRIModel):
             scale = np.max(np.abs(y), axis=1)
             ok = np.all(np.isfinite(y), axis=1) & np.isfinite(scale) & (np.max(y, axis=1) > 0)
             ok &= np.isfinite(y / scale[:, None]).all(axis=1)
+        given = self._angle_index(b1, n)
         rows = np.flatnonzero(ok)
         if rows.size == 0:
             return spectra, angle, rmse
         ys = y[rows] / scale[rows, None]
-        given = self._angle_index(b1, n)
         x, index, resid = fit_spectra(
             ys,
             self.basis,

@@ -16,10 +16,14 @@ from bids_app.models.relaxometry.classic import (
     monoexp_signal,
     spgr_signal,
 )
+from bids_app.models.relaxometry.irt1 import IRT1Model  # noqa: F401
+from bids_app.models.relaxometry.mp2rage import MP2RAGEMER2starModel, MP2RAGEModel  # noqa: F401
+from bids_app.models.relaxometry.mpm import MPMModel
 
 __all__ = [
     "MEGRER2starModel",
     "MESET2Model",
+    "MPMModel",
     "VFAT1Model",
     "despot1_linear",
     "despot1_nonlinear",
