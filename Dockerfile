@@ -61,7 +61,7 @@ COPY bids_app /src/bids_app
 # suites (~125 MB), check the scientific stack still imports, then compile all bytecode.
 RUN python3 -m venv /opt/msqmri \
  && /opt/msqmri/bin/pip install --no-cache-dir --no-compile --prefer-binary \
-      -c /opt/constraints.txt /src bids-validator-deno \
+      -c /opt/constraints.txt '/src[harmonize]' bids-validator-deno \
  && /opt/msqmri/bin/pip freeze --all > /opt/msqmri/pip-freeze.txt \
  && /opt/msqmri/bin/pip uninstall -y -q pip setuptools \
  && find /opt/msqmri/lib/python3.11/site-packages -depth -type d \
