@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bids_app.bids.derivatives import build_name, init_output
-from bids_app.bids.layout import make_layout, select_subjects
+from bids_app.bids.layout import make_derivative_layouts, make_layout, select_subjects
 from bids_app.bids.query import STRUCTURAL, InputLayouts, find_volumes, resolve_model
 from bids_app.config import RunConfig
 from bids_app.errors import (
@@ -202,7 +202,7 @@ def run_participants(cfg: RunConfig) -> int:
     )
     units = select_subjects(layout, cfg.participant_label, cfg.session_label)
     check_filters(cfg, layout, units)
-    deriv = {name: make_layout(path, derivative=True) for name, path in cfg.derivatives.items()}
+    deriv = make_derivative_layouts(cfg.derivatives, participant_label=cfg.participant_label)
     init_output(cfg.output_dir, cfg.bids_dir, cfg.derivatives)
     remove_stale_stages(cfg.output_dir)
     codes, statuses = [], []
