@@ -51,7 +51,7 @@ RUN printf '%s\n' \
       pydantic==2.14.4 pydantic-core==2.50.5 pygments==2.21.0 python-dateutil==4.0.0 \
       pyyaml==6.0.4 rich==15.0.0 shellingham==1.5.4 sqlalchemy==2.1.9 tifffile==2026.3.3 \
       tqdm==4.70.1 trx-python==0.6 typer==0.29.2 typing-extensions==4.16.0 \
-      typing-inspection==0.4.5 tzdata==2026.6 universal-pathlib==0.3.10 wrapt==2.5.2 \
+      typing-inspection==0.4.5 threadpoolctl==3.8.0 neurocombat==0.2.12 tzdata==2026.6 universal-pathlib==0.3.10 wrapt==2.5.2 \
       > /opt/constraints.txt
 
 COPY pyproject.toml README.md LICENSE /src/
