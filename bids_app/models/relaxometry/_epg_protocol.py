@@ -1,6 +1,6 @@
 """The ``fit_method = "epg"`` side of the ``mese_t2`` model: options, metadata, protocol.
 
-:class:`~bids_app.models.relaxometry.classic.MESET2Model` keeps its mono-exponential fits;
+:class:`~bids_app.models.relaxometry.mese.MESET2Model` keeps its mono-exponential fits;
 with ``fit_method = "epg"`` it delegates to an :class:`EPGT2Protocol` built here, which holds
 what the EPG fit of :mod:`bids_app.models.relaxometry._epg_t2` needs: the echo spacing of a
 uniform CPMG train, the echoes fitted (in echo order), the nominal refocusing angle and
