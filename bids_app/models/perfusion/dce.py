@@ -52,9 +52,10 @@ from bids_app.models.base import (
 )
 from bids_app.models.perfusion._aif import georgiou_aif, parker_aif
 from bids_app.models.perfusion._dce_2cxm import _two_cxm_linear, fit_two_cxm
-from bids_app.models.perfusion._dce_fit import fit_patlak, fit_tofts, linear_delay_fit
+from bids_app.models.perfusion._dce_fit import _finite, fit_patlak, fit_tofts, linear_delay_fit
 from bids_app.models.perfusion._dce_physics import signal_to_concentration, tofts_conc
 from bids_app.models.perfusion._dsc_physics import select_aif_voxels
+from bids_app.models.perfusion._timing import volume_times
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class DCEModel(QMRIModel):
         if len(coll.volumes) != 1:
             raise MetadataError(vol.path, "files", len(coll.volumes), "one DCE series")
         n = int(coll.n_measurements[0]) if coll.n_measurements else 0
-        times = _times(vol.metadata, n, side)
+        times = volume_times(vol.metadata, n, side)
         return cls(
             coll.params["FlipAngle"][0],
             coll.params["RepetitionTimeExcitation"][0],
@@ -306,7 +307,7 @@ class DCEModel(QMRIModel):
                 sse = np.stack([self._linear_sse(y, row) for row in table])
                 best = np.argmin(np.where(np.isfinite(sse), sse, np.inf), axis=0)
             else:
-                best = linear_delay_fit(self.times, _finite_rows(y), table, model)[2]
+                best = linear_delay_fit(self.times, _finite(y)[0], table, model)[2]
             chunk = {k: np.full(y.shape[0], np.inf if k == "sse" else np.nan) for k in keys}
             chunk["converged"] = np.zeros(y.shape[0], bool)
             # the 2CXM's linear form is approximate: its neighbours are tried as well
@@ -327,7 +328,7 @@ class DCEModel(QMRIModel):
 
     def _linear_sse(self, conc: np.ndarray, cp: np.ndarray) -> np.ndarray:
         """Residual of the 2CXM's linear fit (Flouri 2016), used to choose the delay."""
-        return _two_cxm_linear(self.times, _finite_rows(conc), cp)[1]
+        return _two_cxm_linear(self.times, _finite(conc)[0], cp)[1]
 
     def _fit_model(self, model: str, conc, cp, **kw) -> dict[str, np.ndarray]:
         t = self.times
@@ -371,31 +372,3 @@ class DCEModel(QMRIModel):
         if self.options["kinetic_model"] == "tofts":
             truth[:, 2] = np.nan
         return truth, sig, {"t1": t10}
-
-
-def _finite_rows(y: np.ndarray) -> np.ndarray:
-    """``y`` with non-finite samples set to 0 (their voxels are blanked by the fits)."""
-    return np.where(np.isfinite(y), y, 0.0)
-
-
-def _times(meta: Mapping[str, Any], n: int, side: str) -> np.ndarray:
-    """Volume times (s) from ``VolumeTiming``, else ``n`` x ``RepetitionTime``."""
-    timing = meta.get("VolumeTiming")
-    if timing is not None:
-        try:
-            times = np.asarray(timing, dtype=float)
-        except (TypeError, ValueError):
-            raise MetadataError(side, "VolumeTiming", timing, "a list of times in s") from None
-        if times.shape != (n,):
-            raise MetadataError(side, "VolumeTiming", f"{times.size} values", f"{n} (volumes)")
-        return times
-    tr = meta.get("RepetitionTime")
-    if isinstance(tr, bool) or not isinstance(tr, (int, float)) or not 0.5 <= tr <= 60:
-        raise MetadataError(
-            side,
-            "RepetitionTime",
-            tr,
-            "the interval between volumes in s (0.5-60), or a VolumeTiming list; the SPGR TR "
-            "goes in RepetitionTimeExcitation",
-        )
-    return np.arange(n) * float(tr)

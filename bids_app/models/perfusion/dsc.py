@@ -56,6 +56,7 @@ from bids_app.models.perfusion._dsc_physics import (
     select_aif_voxels,
     signal_to_delta_r2s,
 )
+from bids_app.models.perfusion._timing import uniform_interval
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class DSCModel(QMRIModel):
         n = int(coll.n_measurements[0]) if coll.n_measurements else 0
         dt = coll.params.get("RepetitionTime", (None,))[0]
         if dt is None:
-            dt = _uniform_timing(vol.metadata.get("VolumeTiming"), n, side)
+            dt = uniform_interval(vol.metadata.get("VolumeTiming"), n, side)
         if n < 10:
             raise MetadataError(vol.path, "dim", n, "a 4-D DSC series of at least 10 volumes")
         return cls(coll.params["EchoTime"][0], dt, n, source=side, **options)
@@ -318,20 +319,3 @@ class DSCModel(QMRIModel):
         truth[:n_art] = np.nan
         s0 = rng.uniform(500.0, 1500.0, n)
         return truth, s0[:, None] * np.exp(-self.echo_time * dr2), {}
-
-
-def _uniform_timing(timing, n: int, side: str) -> float:
-    """The sampling interval of a uniform ``VolumeTiming`` list (s)."""
-    if not isinstance(timing, list) or len(timing) < 2:
-        raise MetadataError(
-            side, "RepetitionTime", None, "the sampling interval in s (or a VolumeTiming list)"
-        )
-    try:
-        steps = np.diff(np.asarray(timing, dtype=float))
-    except (TypeError, ValueError):
-        raise MetadataError(side, "VolumeTiming", timing[:5], "times in s") from None
-    if len(timing) != n or not np.all(steps > 0) or np.ptp(steps) > 1e-3 * steps.mean():
-        raise MetadataError(
-            side, "VolumeTiming", timing[:5], f"{n} uniformly spaced times in s (oSVD)"
-        )
-    return float(steps.mean())
