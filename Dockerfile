@@ -52,6 +52,8 @@ RUN printf '%s\n' \
       pyyaml==6.0.4 rich==15.0.0 shellingham==1.5.4 sqlalchemy==2.1.9 tifffile==2026.3.3 \
       tqdm==4.70.1 trx-python==0.6 typer==0.29.2 typing-extensions==4.16.0 \
       typing-inspection==0.4.5 threadpoolctl==3.8.0 neurocombat==0.2.12 tzdata==2026.6 universal-pathlib==0.3.10 wrapt==2.5.2 \
+      matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 \
+      pyparsing==3.3.3 jinja2==3.1.6 markupsafe==3.0.4 \
       > /opt/constraints.txt
 
 COPY pyproject.toml README.md LICENSE /src/

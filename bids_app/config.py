@@ -28,6 +28,8 @@ class RunConfig:
     b1_policy: str = "auto"
     reference: str = "auto"
     registration: str = "rigid"
+    #: registration of a collection's separately acquired volumes to its first (``rigid``)
+    volume_registration: str = "rigid"
     nprocs: int = 1
     omp_nthreads: int = 1
     mem_gb: float | None = None
@@ -87,7 +89,9 @@ def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
     """Read ``[model] option = value`` tables from a TOML file and validate them.
 
     Besides the models, a ``[lesionseg]`` table sets the built-in lesion segmentation
-    (:data:`bids_app.lesionseg.LESION_OPTIONS`, and ``enabled = false`` to turn it off).
+    (:data:`bids_app.lesionseg.LESION_OPTIONS`, and ``enabled = false`` to turn it off)
+    and a ``[brainmask]`` table the computed brain mask
+    (:data:`bids_app.brain_extraction.BRAINMASK_OPTIONS`).
     A ``logs/<run>/config.toml`` written by a run is accepted too: its ``[model_options]``
     table is read (the other run settings come from the command line).
 
@@ -111,6 +115,9 @@ def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
         if name == "lesionseg":
             out[name] = _lesionseg_options(path, opts)
             continue
+        if name == "brainmask":
+            out[name] = _brainmask_options(path, opts)
+            continue
         try:
             model = get_model(name)
         except KeyError as err:
@@ -123,6 +130,19 @@ def load_model_options(path: Path | None) -> dict[str, dict[str, Any]]:
             raise UsageError(f"{path}: {err}") from None
         out[name] = dict(opts)
     return out
+
+
+def _brainmask_options(path: Path, opts: Any) -> dict[str, Any]:
+    """The ``[brainmask]`` table (:data:`bids_app.brain_extraction.BRAINMASK_OPTIONS`)."""
+    from bids_app import brain_extraction
+
+    if not isinstance(opts, dict):
+        raise UsageError(f"{path}: [brainmask] must be a table of options")
+    try:
+        brain_extraction.check_options(opts)
+    except ValueError as err:
+        raise UsageError(f"{path}: [brainmask] {err}") from None
+    return dict(opts)
 
 
 def _lesionseg_options(path: Path, opts: Any) -> dict[str, Any]:

@@ -17,6 +17,14 @@ import pandas as pd
 
 from bids_app.bids.derivatives import write_table
 from bids_app.errors import NoInputsError, UsageError
+from bids_app.failures import (
+    ParticipantsFailedError,
+    describe,
+    group_message,
+    maps_only_hint,
+    read_failures,
+)
+from bids_app.group_enhancement import N_ENHANCING, assessed_subjects, enhancing_count
 from bids_app.group_options import GroupOptions
 from bids_app.group_results import harmonize, write_statistics
 from bids_app.group_stats import SUMMARY_COLUMNS, cohens_d  # noqa: F401 (re-exported)
@@ -32,15 +40,21 @@ COUNT_COLUMNS = {
     "session_id": REGION_COLUMNS["session_id"],
     "n_lesions": "lesions (connected components) in the desc-lesions_dseg image",
     "lesion_volume_mm3": "total lesion volume (lesion load) in mm^3",
+    "lesion_load_ml": "total lesion volume (lesion load) in mL",
     **{f"n_{loc}": f"lesions located {loc.replace('_', ' ')}" for loc in LOCATIONS},
     "n_prl_candidates": (
         "paramagnetic rim lesion candidates (prl_candidate of the Chimap rows); n/a "
         "without a Chimap"
     ),
+    "n_enhancing": N_ENHANCING,
 }
 
 
-def lesion_counts(regions: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
+def lesion_counts(
+    regions: pd.DataFrame,
+    lesions: pd.DataFrame,
+    enhancement_assessed: set[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
     """Lesion count, load, counts per location and of rim lesions, per participant/session.
 
     Parameters
@@ -51,12 +65,16 @@ def lesion_counts(regions: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
         the subject has a susceptibility map.
     lesions : pandas.DataFrame
         Concatenated per-lesion tables (one row per lesion x map; may be empty).
+    enhancement_assessed : set of (participant_id, session_id or 'n/a'), optional
+        Subjects with a post-contrast T1w
+        (:func:`bids_app.group_enhancement.assessed_subjects`): ``n_enhancing`` 0 rather
+        than n/a when they have no lesion.
 
     Returns
     -------
     pandas.DataFrame
         Columns :data:`COUNT_COLUMNS`; ``n_prl_candidates`` NaN for subjects without a
-        Chimap.
+        Chimap, ``n_enhancing`` NaN for subjects without a post-contrast T1w.
     """
     keys = ["participant_id", "session_id"]
     subjects = regions[keys].drop_duplicates().fillna({"session_id": "n/a"})
@@ -87,6 +105,8 @@ def lesion_counts(regions: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
             chi = mine[mine["map"].astype(str).str.endswith("Chimap")]
             flag = pd.to_numeric(chi["prl_candidate"], errors="coerce") > 0
             row["n_prl_candidates"] = int(chi.loc[flag, "lesion_id"].nunique())
+        row["lesion_load_ml"] = row["lesion_volume_mm3"] / 1000.0
+        row["n_enhancing"] = enhancing_count(mine, (pid, ses) in (enhancement_assessed or ()))
         rows.append(row)
     return pd.DataFrame(rows, columns=list(COUNT_COLUMNS))
 
@@ -140,7 +160,11 @@ def run_group(
     reports: bool = True,
     options: GroupOptions | Mapping[str, Any] | None = None,
 ) -> int:
-    """Write the group tables from the participant outputs in ``out``; return 0.
+    """Write the group tables from the participant outputs in ``out``; return the exit code.
+
+    The code is 0, or the highest exit code of the participants whose last participant run
+    failed (their failure records, :mod:`bids_app.failures`; logged by name): the group
+    tables then leave them out (or hold the tables of an earlier successful run).
 
     Lesion-only studies (lesion tables, no map) get the lesion tables, counts, summary and
     longitudinal changes too (:mod:`bids_app.group_results`).
@@ -150,6 +174,9 @@ def run_group(
     NoInputsError
         When ``out`` holds neither region nor lesion tables (run the participant level
         first).
+    ParticipantsFailedError
+        When it holds no tables because every participant failed: the message names each
+        failure, the exit code is theirs (highest).
     """
     if not isinstance(options, GroupOptions):
         try:
@@ -159,10 +186,16 @@ def run_group(
     regions = _read_all(out, "*_desc-regions_stats.tsv")
     lesions = _read_all(out, "*_desc-lesions_stats.tsv")
     roster = _roster(out)
+    failures = read_failures(out)
+    if roster.empty and failures:
+        raise ParticipantsFailedError(
+            f"{out}: no participant tables: the participant level failed for {describe(failures)}",
+            max(f["exit_code"] for f in failures),
+        )
     if roster.empty:
         raise NoInputsError(
             f"{out}: no participant tables (*_desc-regions_stats.tsv or "
-            "*_desc-lesions_stats.tsv); run the participant level first"
+            f"*_desc-lesions_stats.tsv); {maps_only_hint(out)}"
         )
     if regions.empty:
         logger.info("group level: no map statistics; lesion results only")
@@ -189,7 +222,9 @@ def run_group(
             kind="stable",
         )
     write_table(out / "group_desc-lesions_stats.tsv", lesions, {**LESION_COLUMNS, **extra})
-    counts = lesion_counts(pd.concat([regions, roster], ignore_index=True), lesions)
+    counts = lesion_counts(
+        pd.concat([regions, roster], ignore_index=True), lesions, assessed_subjects(out)
+    )
     if part is not None:
         counts = counts.merge(part, on="participant_id", how="left")
     write_table(out / "group_desc-lesioncounts_stats.tsv", counts, {**COUNT_COLUMNS, **extra})
@@ -204,8 +239,14 @@ def run_group(
     )
     if reports:
         try:
-            group_report(out, regions, summary, lesions)
+            group_report(
+                out, regions, summary, lesions, counts=counts, bids_dir=bids_dir, options=options
+            )
         except Exception:
             logger.warning("group report failed (see log)")
             logger.debug("report traceback", exc_info=True, extra={"file_only": True})
+    if failures:
+        published = {(p, s if isinstance(s, str) else None) for p, s in roster.to_numpy()}
+        logger.error("%s", group_message(failures, published))
+        return max(f["exit_code"] for f in failures)
     return 0

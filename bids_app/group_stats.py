@@ -18,7 +18,9 @@ means), patients are compared with controls (``participants.tsv`` group column, 
 
 Lesion count and lesion load (total volume) per participant add two rows (``map``
 ``lesion_count`` / ``lesion_load``, region ``brain``), so lesion-only studies get a summary
-too. Per-patient z-scores and ComBat live in :mod:`bids_app.group_norms`.
+too; with post-contrast T1w images, the count of enhancing lesions a third
+(``enhancing_lesion_count``). Per-patient z-scores and ComBat live in
+:mod:`bids_app.group_norms`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: columns of ``group_desc-summary_stats.tsv``
 SUMMARY_COLUMNS = {
-    "map": REGION_COLUMNS["map"] + "; lesion_count / lesion_load for the lesion rows",
+    "map": REGION_COLUMNS["map"]
+    + "; lesion_count / lesion_load (/ enhancing_lesion_count) for the lesion rows",
     "units": REGION_COLUMNS["units"],
     "region": REGION_COLUMNS["region"] + "; brain for the lesion rows",
     "session_id": REGION_COLUMNS["session_id"],
@@ -278,7 +281,9 @@ def lesion_values(counts: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     counts : pandas.DataFrame
-        ``group_desc-lesioncounts_stats.tsv`` rows (``n_lesions``, ``lesion_volume_mm3``).
+        ``group_desc-lesioncounts_stats.tsv`` rows (``n_lesions``, ``lesion_volume_mm3``,
+        ``n_enhancing``: an ``enhancing_lesion_count`` row when some subject has a
+        post-contrast T1w).
 
     Returns
     -------
@@ -286,11 +291,11 @@ def lesion_values(counts: pd.DataFrame) -> pd.DataFrame:
         Columns ``participant_id, session_id, map, units, region, mean``.
     """
     keys = counts[["participant_id", "session_id"]]
+    rows = [("lesion_count", "count", "n_lesions"), ("lesion_load", "mm^3", "lesion_volume_mm3")]
+    if "n_enhancing" in counts and np.isfinite(counts["n_enhancing"].to_numpy(float)).any():
+        rows.append(("enhancing_lesion_count", "count", "n_enhancing"))
     parts = [
         keys.assign(map=name, units=units, region="brain", mean=counts[col].astype(float))
-        for name, units, col in (
-            ("lesion_count", "count", "n_lesions"),
-            ("lesion_load", "mm^3", "lesion_volume_mm3"),
-        )
+        for name, units, col in rows
     ]
     return pd.concat(parts, ignore_index=True)

@@ -40,6 +40,7 @@ from nibabel.affines import apply_affine
 from scipy import ndimage as ndi
 from skimage import measure
 
+from bids_app.lesion_enhancement import ENHANCEMENT_COLUMNS
 from bids_app.lesion_location import infratentorial_fraction
 from bids_app.lesion_rims import fill_rim_columns
 from bids_app.regions import CSF, GM, check_zooms
@@ -255,6 +256,7 @@ def lesion_table(
     chi_maps: Collection[str] = (),
     nawm: np.ndarray | None = None,
     rim_options: Mapping[str, Any] | None = None,
+    enhancement: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Describe each lesion and summarise each map inside it: one row per lesion x map.
 
@@ -291,6 +293,10 @@ def lesion_table(
     rim_options : mapping, optional
         ``rim_mm``, ``threshold_ppm``, ``min_fraction``, ``min_rim_voxels`` of
         :func:`bids_app.models.qsm.rim.rim_metrics`.
+    enhancement : pandas.DataFrame, optional
+        ``lesion_id`` and the :data:`bids_app.lesion_enhancement.ENHANCEMENT_COLUMNS` (from
+        :func:`bids_app.lesion_enhancement.lesion_enhancement`), repeated on every map row
+        of a lesion; None (no post-contrast T1w) leaves them NaN.
 
     Returns
     -------
@@ -345,6 +351,11 @@ def lesion_table(
             "location": pd.Series(location, dtype=object),
         }
     )
+    base = base.assign(**dict.fromkeys(ENHANCEMENT_COLUMNS, np.nan))
+    if enhancement is not None and len(base):
+        enh = enhancement.set_index("lesion_id").reindex(base["lesion_id"])
+        for col in ENHANCEMENT_COLUMNS:
+            base[col] = enh[col].to_numpy(dtype=float)
     if not maps:
         out = base.assign(map=None, **dict.fromkeys(_MAP_STATS + _RIM_STATS, np.nan))
         return out.astype({"map": object})[list(LESION_COLUMNS)]

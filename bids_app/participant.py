@@ -20,9 +20,10 @@ from bids_app.errors import (
     SelectionError,
     UsageError,
 )
+from bids_app.failures import clear_failure, record_failure
 from bids_app.models import REGISTRY
 from bids_app.models.fitting import FitPool
-from bids_app.stages import anatomy, maps, products, tables
+from bids_app.stages import anatomy, maps, products, qmri_reference, tables
 from bids_app.stages.context import SubjectContext
 from bids_app.stages.inventory import inventory
 from bids_app.staging import (
@@ -108,14 +109,18 @@ def run_subject(
     if not runs and ctx.grid is None:
         logger.info("%s: skipped, no input of any selected model and no FLAIR/T1w/T2w", ctx.label)
         return NO_INPUTS
-    if ctx.grid is not None:
+    # no FLAIR/T1w/T2w: reference image and brain mask from a qMRI collection
+    qmri_ref = qmri_reference.choose(ctx, runs)
+    if ctx.grid is not None and not qmri_ref:
         anatomy.find_masks(ctx)
     products.add_anatomy_products(ctx)
     for run in runs:
         maps.fit_run(ctx, run)
     if ctx.grid is not None:
         maps.to_reference(ctx)
-        tables.summarise(ctx)
+        if qmri_ref:
+            qmri_reference.tissue_from_maps(ctx)
+        tables.summarise(ctx, brain_region=qmri_ref)
     else:
         logger.warning(
             "%s: no structural reference image: maps are written natively, no region tables",
@@ -214,6 +219,7 @@ def run_participants(cfg: RunConfig) -> int:
                 logger.info("%s: outputs exist, skipped (use --overwrite to recompute)", label)
                 statuses.append("ok")
                 codes.append(0)
+                clear_failure(cfg.output_dir, subject, session)
                 continue
             # staging lives inside OUTPUT_DIR so the final move is an atomic rename
             stage, lock_fd = None, None
@@ -228,14 +234,17 @@ def run_participants(cfg: RunConfig) -> int:
                 publish(stage, cfg.output_dir, subject, session)
                 statuses.append(status)
                 codes.append(0)
+                clear_failure(cfg.output_dir, subject, session)
             except MsqmriError as err:
                 logger.error("%s: %s", label, err)
                 codes.append(err.exit_code)
                 statuses.append("failed")
+                record_failure(cfg.output_dir, subject, session, err.exit_code, err)
             except OSError as err:
                 logger.error("%s: %s", label, OutputError(str(err)))
                 codes.append(OutputError.exit_code)
                 statuses.append("failed")
+                record_failure(cfg.output_dir, subject, session, OutputError.exit_code, err)
             except Exception as err:
                 logger.error(
                     "%s: unexpected error (a bug; traceback in the log file): %r", label, err
@@ -243,6 +252,7 @@ def run_participants(cfg: RunConfig) -> int:
                 logger.debug("traceback", exc_info=True, extra={"file_only": True})
                 codes.append(1)
                 statuses.append("failed")
+                record_failure(cfg.output_dir, subject, session, 1, err)
             finally:
                 if stage is not None:
                     close_stage(stage, lock_fd)

@@ -15,114 +15,39 @@ Conventions: every 4x4 ``matrix`` maps *reference* world coordinates (mm, RAS+) 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 from dipy.align import affine_registration
 from scipy import ndimage
 
 from bids_app import io
+from bids_app.registration_types import (
+    MODES,
+    SHARPNESS_FAIL_THRESHOLD,
+    Registration,
+    RegistrationOptions,
+    identity,
+    in_plane,
+)
 
 logger = logging.getLogger(__name__)
 
-#: registration modes of ``--registration``
-MODES = ("rigid", "affine", "none")
-#: a registration whose NMI peak sharpness (:attr:`Registration.sharpness`) is below this is
-#: reported as failed. The NMI itself depends on the contrasts (real T1w -> FLAIR 1.06,
-#: synthetic MT-off -> FLAIR 1.03) and cannot be thresholded; the sharpness can (measured in
-#: tests/test_registration.py: real T1w -> FLAIR (patient26) 0.68, also after a 20 mm
-#: shift; synthetic MT-off, VFA, MEGRE, T1w -> FLAIR 0.33-0.45; a smooth B1 map 0.05 (no
-#: anatomy to register: it moved 9 mm); noise 0.00).
-SHARPNESS_FAIL_THRESHOLD = 0.15
+__all__ = [
+    "MODES",
+    "SHARPNESS_FAIL_THRESHOLD",
+    "Registration",
+    "RegistrationOptions",
+    "identity",
+    "in_plane",
+    "normalised_mutual_information",
+    "register",
+    "warp",
+]
+
 _PIPELINES = {
     "rigid": ["translation", "rigid"],
     "affine": ["translation", "rigid", "affine"],
 }
-
-
-@dataclass(frozen=True)
-class RegistrationOptions:
-    """Options of :func:`register` (recorded in the sidecars).
-
-    The pyramid is built here, coarse to fine: at each level both images are smoothed
-    (Gaussian, sigma = half the level's voxel size) and resampled onto isotropic grids of
-    ``voxel_mm`` (never finer than the image itself), and dipy optimises the dense MI there
-    for ``level_iters`` iterations. (dipy's own pyramid smooths without shrinking the dense
-    sampling grid, which costs seconds per metric evaluation on a 1 mm brain.) ``nbins`` is
-    the MI histogram size; every voxel of the level is used, so reruns are identical.
-    """
-
-    voxel_mm: tuple[float, ...] = (8.0, 4.0, 3.0)
-    level_iters: tuple[int, ...] = (100, 100, 50)
-    nbins: int = 32
-    probe_mm: float = 6.0
-    fail_sharpness: float = SHARPNESS_FAIL_THRESHOLD
-
-    def __post_init__(self):
-        if len(self.voxel_mm) != len(self.level_iters) or not self.voxel_mm:
-            raise ValueError("voxel_mm and level_iters need one entry per pyramid level")
-        if any(v <= 0 for v in self.voxel_mm) or any(i < 1 for i in self.level_iters):
-            raise ValueError("pyramid voxel sizes must be > 0 and iterations >= 1")
-
-    def as_dict(self) -> dict:
-        """JSON-ready form."""
-        return {
-            "PyramidVoxelSizeMM": list(self.voxel_mm),
-            "LevelIterations": list(self.level_iters),
-            "HistogramBins": self.nbins,
-            "SamplingProportion": 1.0,
-            "SharpnessProbeMM": self.probe_mm,
-            "SharpnessFailThreshold": self.fail_sharpness,
-        }
-
-
-@dataclass(frozen=True)
-class Registration:
-    """The result of :func:`register`.
-
-    Attributes
-    ----------
-    matrix : (4, 4) ndarray
-        Reference world (mm) -> moving world (mm).
-    mode : str
-        ``'rigid'``, ``'affine'`` or ``'none'`` (header alignment only).
-    metric : float
-        NMI of the reference and the moving image resampled through ``matrix``.
-    metric_header : float
-        NMI with the header alignment alone (identity ``matrix``).
-    failed : bool
-        ``sharpness < options.fail_sharpness``.
-    notes : list of str
-        What was done (initialisation, fallbacks).
-    sharpness : float
-        ``(NMI - max NMI shifted by probe_mm) / (NMI - 1)``, in [0, 1]: how clearly the
-        result is the peak of the metric (see :data:`SHARPNESS_FAIL_THRESHOLD`).
-    """
-
-    matrix: np.ndarray
-    mode: str
-    metric: float
-    metric_header: float
-    failed: bool
-    notes: list[str] = field(default_factory=list)
-    sharpness: float = float("nan")
-
-    @property
-    def rotation_deg(self) -> float:
-        """Rotation angle of the matrix's closest rotation, in degrees."""
-        u, _, vt = np.linalg.svd(self.matrix[:3, :3])
-        r = u @ vt
-        return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0))))
-
-    @property
-    def translation_mm(self) -> float:
-        """Length of the translation part, in mm."""
-        return float(np.linalg.norm(self.matrix[:3, 3]))
-
-
-def identity() -> Registration:
-    """The header-only alignment (``--registration none``)."""
-    return Registration(np.eye(4), "none", float("nan"), float("nan"), False, ["header only"])
 
 
 def normalised_mutual_information(
@@ -207,7 +132,13 @@ def _level(image, affine, voxel_mm, *, order=1):
 
 
 def _estimate(moving, moving_affine, static, static_affine, *, pipeline, start, options, mask):
-    matrix = np.asarray(start, dtype=np.float64)
+    axis = options.in_plane_axis
+
+    def constrain(m):
+        m = np.asarray(m, dtype=np.float64)
+        return m if axis is None else in_plane(m, static_affine, static.shape, axis)
+
+    matrix = constrain(start)
     done: list[tuple] = []
     for level, (voxel, iters) in enumerate(zip(options.voxel_mm, options.level_iters)):
         mov, mov_aff = _level(moving, moving_affine, voxel)
@@ -232,7 +163,7 @@ def _estimate(moving, moving_affine, static, static_affine, *, pipeline, start, 
             nbins=options.nbins,
             sampling_proportion=None,
         )
-        matrix = np.asarray(matrix, dtype=np.float64)
+        matrix = constrain(matrix)
     return matrix
 
 
@@ -342,19 +273,25 @@ def register(
         """How far the NMI drops when the reference is shifted by ``probe_mm`` (0..1)."""
         metric = score(matrix)
         probes = []
-        for axis in range(3):
+        for direction in probe_directions:
             for sign in (-1.0, 1.0):
                 shift = np.eye(4)
-                shift[axis, 3] = sign * options.probe_mm
+                shift[:3, 3] = sign * options.probe_mm * direction
                 probes.append(score(matrix @ shift))
         gain = metric - 1.0
         if not np.isfinite(metric) or gain <= 0:
             return 0.0
         return float(np.clip((metric - np.nanmax(probes)) / gain, 0.0, 1.0))
 
+    probe_directions = list(np.eye(3))
+    if options.in_plane_axis is not None:  # the two in-plane voxel axes (unit, world)
+        cols = [static_affine[:3, i] for i in range(3) if i != options.in_plane_axis]
+        probe_directions = [c / np.linalg.norm(c) for c in cols]
     header = score_full(np.eye(4))
     pipeline = _PIPELINES[mode]
     notes = [f"dipy affine_registration (MI), {' -> '.join(pipeline)}, started from headers"]
+    if options.in_plane_axis is not None:
+        notes.append(f"restricted to in-plane motion (slice axis {options.in_plane_axis})")
     matrix = _estimate(
         moving,
         moving_affine,

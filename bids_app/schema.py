@@ -15,7 +15,10 @@ REGION_COLUMNS = {
     ),
     "units": "units of the map (CONTRACT section 4)",
     "space": "space of the maps and masks the statistics were computed in",
-    "region": "lesion, NAWM, NAGM, WM, GM, CSF, perilesional_<k>mm",
+    "region": (
+        "lesion, NAWM, NAGM, WM, GM, CSF, perilesional_<k>mm; also brain (the brain mask) "
+        "for subjects without a structural image"
+    ),
     "n_voxels": "voxels in the region",
     "volume_mm3": "region volume in mm^3",
     "mean": "mean of the finite map values in the region",
@@ -34,6 +37,17 @@ LESION_COLUMNS = {
     "centroid_y": "lesion centroid, world y (mm)",
     "centroid_z": "lesion centroid, world z (mm)",
     "location": "periventricular, juxtacortical, infratentorial or deep_white_matter",
+    "enhancement_ratio": (
+        "with a post-gadolinium (ce-) T1w: mean over the lesion of the voxel ratio post/pre-"
+        "contrast T1w divided by its NAWM median (without a pre-contrast T1w: post-contrast "
+        "T1w / its NAWM median); n/a without a ce- T1w"
+    ),
+    "enhancing_fraction": "fraction of the lesion's voxels whose enhancement ratio > 1.2",
+    "enhancing": (
+        "1 for a gadolinium-enhancing lesion (>= 25 % of its voxels and >= 3 mm^3 with an "
+        "enhancement ratio > 1.2, defaults of bids_app.lesion_enhancement), else 0; n/a "
+        "without a ce- T1w"
+    ),
     "map": REGION_COLUMNS["map"],
     "units": REGION_COLUMNS["units"],
     "mean": "mean of the map in the lesion",

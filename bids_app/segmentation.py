@@ -197,7 +197,7 @@ def brain_mask(
         if not eps > 0:
             raise ValueError("image has no positive voxel: cannot compute a brain mask")
         log_smooth = np.log(np.maximum(smooth, eps))
-        mask = log_smooth > filters.threshold_otsu(log_smooth)
+        mask = log_smooth > filters.threshold_otsu(log_smooth.ravel())
         # work inside the bounding box of the threshold mask (+ the closing margin)
         margin = int(np.ceil(max(opening_mm, closing_mm) / z.min())) + 1
         box = ndi.find_objects(mask.astype(np.uint8))

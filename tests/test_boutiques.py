@@ -44,6 +44,7 @@ FLAGGED = (
     "b1",
     "reference",
     "registration",
+    "volume_registration",
     "config",
     "work_dir",
     "nprocs",

@@ -142,3 +142,16 @@ def test_echo_time_in_ms_exit_65(tmp_path, caplog):
     assert main([str(ds), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 65
     assert "EchoTime" in caplog.text
     assert "milliseconds" in caplog.text
+
+
+def test_non_model_tables_of_config_reach_the_run(vfa_ds, tmp_path):
+    """``[lesionseg]`` in --config is kept in the run's options (it was dropped once)."""
+    from bids_app.cli.run import build_config
+
+    cfg_file = tmp_path / "opts.toml"
+    cfg_file.write_text("[lesionseg]\nenabled = false\n\n[vfa_t1]\nfit_method = 'linear'\n")
+    ns = parse_args([str(vfa_ds), str(tmp_path / "o"), "participant", "--config", str(cfg_file)])
+    opts = build_config(ns).model_options
+    assert opts["lesionseg"] == {"enabled": False}
+    assert opts["vfa_t1"]["fit_method"] == "linear"
+    assert "mtr" in opts  # every model keeps its defaults

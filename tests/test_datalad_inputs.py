@@ -171,3 +171,20 @@ def test_no_description_runs_with_warning_when_validation_skipped(dataset, tmp_p
     assert any("no dataset_description.json" in line for line in warnings), err
     assert (out / B1).is_file()
     assert (out / "dataset_description.json").is_file()
+
+
+def test_inputs_linked_to_a_store_outside_the_dataset(dataset, tmp_path):
+    """Raw files that are symlinks to a store outside the dataset (a shared data store, a
+    CBRAIN cache) run, and the sidecars name them by their place inside the dataset."""
+    store = tmp_path / "store"
+    store.mkdir()
+    for path in sorted((dataset / "sub-01").rglob("*.nii.gz")):
+        target = store / path.name
+        shutil.move(path, target)
+        path.symlink_to(target)
+    out = tmp_path / "out"
+    argv = ["participant", "--skip-bids-validation", "--participant-label", "01", *FAST]
+    assert main([str(dataset), str(out), *argv]) == 0
+    side = (out / B1).with_name("sub-01_TB1map.json").read_text()
+    assert "bids:raw:sub-01/" in side
+    assert str(store) not in side

@@ -26,12 +26,32 @@ logger = logging.getLogger(__name__)
 NIFTI = (".nii", ".nii.gz")
 #: entities that never identify a collection
 _NON_IDENTIFYING = {"suffix", "extension", "datatype"}
+#: ``ce-<label>`` values read as a gadolinium-based contrast agent (any case of the element,
+#: its symbol and the generic agent names; ``ce-gadolinium`` is the CONTRACT name); other
+#: ``ce-`` labels (e.g. ferumoxytol) are neither the post-contrast nor the plain T1w
+_GADOLINIUM_NAMES = (
+    "gadolinium", "Gd", "gad", "gado", "gadobutrol", "gadoterate", "gadopentetate",
+    "gadoteridol", "gadodiamide", "gadobenate", "gadoxetate", "gadopiclenol", "GdDTPA",
+    "GdDOTA", "GdBOPTA",
+)  # fmt: skip
+GADOLINIUM_LABELS = tuple(
+    dict.fromkeys(v for b in _GADOLINIUM_NAMES for v in (b, b.lower(), b.upper(), b.capitalize()))
+)
 #: structural images used as reference / for segmentation, by CONTRACT name
-#: (magnitude only: a ``part-phase`` T1w of a QSM protocol is not a structural image)
+#: (magnitude only: a ``part-phase`` T1w of a QSM protocol is not a structural image);
+#: ``T1w`` is the pre-contrast T1w (no ``ce-`` entity), ``ceT1w`` the post-gadolinium T1w
+#: (never the reference: :func:`bids_app.stages.anatomy.choose_reference` picks among FLAIR,
+#: T1w, T2w), used for the ``enhancing`` lesion columns (:mod:`bids_app.lesion_enhancement`)
 STRUCTURAL = {
     "FLAIR": {"datatype": "anat", "suffix": "FLAIR", "part": ["mag", None]},
     "T1w": {"datatype": "anat", "suffix": "T1w", "ceagent": None, "part": ["mag", None]},
     "T2w": {"datatype": "anat", "suffix": "T2w", "part": ["mag", None]},
+    "ceT1w": {
+        "datatype": "anat",
+        "suffix": "T1w",
+        "ceagent": list(GADOLINIUM_LABELS),
+        "part": ["mag", None],
+    },
 }
 
 
@@ -270,11 +290,16 @@ def find_structural(
     session: str | None,
     filters: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Volume]:
-    """The structural images (FLAIR, T1w, T2w) of a subject/session; the first run of each."""
+    """The structural images (FLAIR, T1w, T2w, ceT1w) of a subject/session; the first run of each.
+
+    ``T1w`` never is a ``ce-`` image; ``ceT1w`` is a T1w whose ``ce-`` label is one of
+    :data:`GADOLINIUM_LABELS` (``ce-gadolinium`` first when there are several).
+    """
     filters = filters or {}
     out = {}
     for name, query in STRUCTURAL.items():
         vols = find_volumes(layout, subject, session, query, filters.get(name.lower()))
+        vols.sort(key=lambda v: v.entities.get("ceagent") != "gadolinium")  # stable
         if vols:
             if len(vols) > 1:
                 logger.info(

@@ -18,6 +18,8 @@ ANALYSIS_LEVELS = ("participant", "group")
 REFERENCES = ("auto", "FLAIR", "T1w", "T2w")
 #: the modes of bids_app.registration.MODES (kept here: parsing does not import dipy)
 REGISTRATION_MODES = ("rigid", "affine", "none")
+#: the modes of bids_app.stages.volume_align.MODES
+VOLUME_REGISTRATION_MODES = ("rigid", "none")
 _LABEL = re.compile(r"^[a-zA-Z0-9]+$")
 #: snake_case spellings used by the Boutiques bids-app template and CBRAIN
 SNAKE_ALIASES = {
@@ -215,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="rigid",
         help="registration of every collection (and the T1w/T2w) to the reference image: "
         "'rigid' (default) or 'affine' by mutual information, 'none' = image affines only",
+    )
+    mod.add_argument(
+        "--volume-registration",
+        choices=VOLUME_REGISTRATION_MODES,
+        default="rigid",
+        help="motion inside a collection: register its separately acquired volumes (MT "
+        "on/off, VFA flip angles, IR inversion times, MPM contrasts; never echoes) to its "
+        "first before the fit: 'rigid' (default; in-plane only for slices thicker than 3x "
+        "the in-plane voxels) or 'none'",
     )
     mod.add_argument(
         "--config",

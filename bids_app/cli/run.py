@@ -69,10 +69,16 @@ def list_models() -> str:
 
 
 def effective_options(given: dict[str, dict]) -> dict[str, dict]:
-    """Every model's options with the defaults filled in (what ``config.toml`` records)."""
+    """Every model's options with the defaults filled in (what ``config.toml`` records).
+
+    The tables that are not models (``[lesionseg]``, ``[brainmask]``: validated by
+    :func:`~bids_app.config.load_model_options`) are kept as given.
+    """
     from bids_app.models import REGISTRY
 
-    return {name: model.check_options(given.get(name, {})) for name, model in REGISTRY.items()}
+    out = {name: model.check_options(given.get(name, {})) for name, model in REGISTRY.items()}
+    out.update({name: dict(opts) for name, opts in given.items() if name not in REGISTRY})
+    return out
 
 
 def build_config(ns) -> RunConfig:
@@ -93,6 +99,7 @@ def build_config(ns) -> RunConfig:
         b1_policy=ns.b1,
         reference=ns.reference,
         registration=ns.registration,
+        volume_registration=ns.volume_registration,
         nprocs=ns.nprocs,
         omp_nthreads=ns.omp_nthreads,
         mem_gb=ns.mem_gb,

@@ -123,6 +123,8 @@ class QMRIModel(ABC):
             }
         if cls.kind not in ("voxelwise", "volume"):
             raise TypeError(f"{cls.__name__}.kind must be 'voxelwise' or 'volume'")
+        if cls.separate_acquisitions not in ("volume", "input", "none"):
+            raise TypeError(f"{cls.__name__}.separate_acquisitions must be volume/input/none")
 
     def __init__(self, **options: Any):
         self.options = self.check_options(options)
@@ -226,6 +228,13 @@ class QMRIModel(ABC):
     #: whether the collection is registered to the reference image (``False`` for inputs with
     #: no anatomical contrast to register, such as a smooth B1+ map: header alignment)
     registrable: ClassVar[bool] = True
+    #: which loaded volumes are separate acquisitions, between which the subject may move
+    #: (``--volume-registration`` registers each to :meth:`registration_image` before the
+    #: fit, :mod:`bids_app.stages.volume_align`): ``'volume'`` each volume (MT-off/MT-on,
+    #: the VFA flip angles, the inversion times; volume ``i`` of every input moves together),
+    #: ``'input'`` each input as a whole (the MPM contrasts, their echoes one acquisition),
+    #: ``'none'`` one acquisition (echo trains, DWI with its own motion correction)
+    separate_acquisitions: ClassVar[str] = "none"
     #: relative tolerance of the noiseless recovery in tests/models/test_registry_contract.py
     #: (round-off for exact fits; dictionary and grid fits state theirs)
     contract_rtol: ClassVar[float] = 1e-6

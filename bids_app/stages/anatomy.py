@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app import io, lesionseg, segmentation
+from bids_app import brain_extraction, io, lesionseg, segmentation
 from bids_app.bids.query import find_structural
 from bids_app.errors import MetadataError
 from bids_app.stages import align
@@ -79,9 +79,17 @@ def _load_on_grid(path: str, ctx: SubjectContext, name: str) -> np.ndarray:
 
 
 def computed_brain(ctx: SubjectContext, ref_data: np.ndarray) -> Mask:
-    """A brain mask computed on the reference image (:func:`segmentation.brain_mask`)."""
+    """A brain mask computed on the reference image (:func:`brain_extraction.extract_brain`).
+
+    Options come from the ``[brainmask]`` table of the options file (keys of
+    :data:`bids_app.brain_extraction.BRAINMASK_OPTIONS`; default ``method = "auto"``:
+    whole-head extraction unless the image looks skull-stripped).
+    """
+    opts = dict(ctx.cfg.model_options.get("brainmask", {}))
     try:
-        data, method = segmentation.brain_mask(ref_data, zooms=ctx.grid.zooms)
+        data, method = brain_extraction.extract_brain(
+            ref_data, zooms=ctx.grid.zooms, affine=ctx.grid.affine, **opts
+        )
     except ValueError as err:
         raise MetadataError(ctx.reference_path, "data", str(err), _NEEDS_CONTRAST) from None
     name = Path(ctx.reference_path).name

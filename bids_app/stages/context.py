@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,5 +116,13 @@ class SubjectContext:
         return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
 
     def rel(self, path: str | Path) -> str:
-        """Path relative to the raw dataset root (for ``bids:raw:`` URIs)."""
+        """Path relative to the raw dataset root (for ``bids:raw:`` URIs).
+
+        Symbolic links are not followed first: a raw file that is a link to a place outside
+        the dataset (an annex, a shared store) keeps its path inside the dataset.
+        """
+        absolute = Path(os.path.abspath(path))
+        for root in (Path(os.path.abspath(self.cfg.bids_dir)), self.cfg.bids_dir.resolve()):
+            if absolute.is_relative_to(root):
+                return absolute.relative_to(root).as_posix()
         return Path(path).resolve().relative_to(self.cfg.bids_dir.resolve()).as_posix()

@@ -21,7 +21,7 @@ from bids_app.bids.derivatives import bids_uri, build_name, naming_entities, wri
 from bids_app.bids.query import ModelRun
 from bids_app.errors import MetadataError, NotApplicableError
 from bids_app.models.base import QMRIFit, QMRIModel
-from bids_app.stages import align, products
+from bids_app.stages import align, products, volume_align
 from bids_app.stages.context import Grid, MapRecord, Product, SubjectContext
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,8 @@ def provenance(
     )
     return {
         "Sources": [source_uri(ctx, p, run) for p in run.sources],
-        "SkullStripped": True,
+        # fits are restricted to a brain mask only when the subject has one
+        "SkullStripped": ctx.brain_mask is not None,
         "EstimationAlgorithm": f"{run.model.name}: {run.model.description}",
         "EstimationReference": run.model.reference,
         "EstimationSoftwareName": "msqmri",
@@ -288,6 +289,15 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
         logger.warning("%s: %s", ctx.label, reason)
         ctx.skipped.append(reason)
         return False
+    aligned, volume_reg = volume_align.align_run(
+        ctx.cfg.volume_registration,
+        model,
+        run.collections,
+        inputs.data,
+        inputs.grid.affine,
+        warnings=ctx.warnings,
+    )
+    inputs = LoadedInputs(aligned, inputs.grid, inputs.paths)
     model, inputs, mask = preprocessed(ctx, model, inputs, mask)
     model, fit, maps = fit_loaded(ctx, run, model, inputs, mask, covariates)
     common = provenance(ctx, run, model, requirements)
@@ -296,6 +306,8 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
         ctx, ents, _datatype(run, run.model.outputs[0]), run.model.name, reg
     )
     common["Registration"] = align.registration_record(ctx, reg, uri)
+    if volume_reg is not None:
+        common["VolumeRegistration"] = volume_reg
     write_outputs(ctx, run, fit, maps, grid, mask, common)
     logger.info(
         "%s: %s fitted %d voxels -> %s",

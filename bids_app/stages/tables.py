@@ -11,14 +11,21 @@ from bids_app.bids.derivatives import bids_uri, build_name, subject_dir, write_i
 from bids_app.io import save_text
 from bids_app.schema import LESION_COLUMNS, REGION_COLUMNS
 from bids_app.stages.context import SubjectContext
+from bids_app.stages.enhancement import column_descriptions, subject_enhancement
 
 logger = logging.getLogger(__name__)
 
 
 def write_masks(
-    ctx: SubjectContext, region_masks: dict[str, np.ndarray], labels: np.ndarray
+    ctx: SubjectContext,
+    region_masks: dict[str, np.ndarray],
+    labels: np.ndarray,
+    dseg_extra: dict | None = None,
 ) -> None:
-    """Write the brain, tissue and region masks and the lesion label image."""
+    """Write the brain, tissue and region masks and the lesion label image.
+
+    ``dseg_extra`` goes into the lesion ``dseg`` sidecar (the ``Enhancement`` record).
+    """
     out, grid = ctx.cfg.output_dir, ctx.grid
     ents = {"subject": ctx.subject, "session": ctx.session, "space": ctx.reference_name}
     ref_uri = bids_uri("raw", ctx.rel(ctx.reference_path))
@@ -61,6 +68,7 @@ def write_masks(
             "SpatialReference": ref_uri,
             "Method": ctx.lesion_source,
             "Description": "one integer per connected lesion",
+            **(dseg_extra or {}),
         },
         dtype=np.int16,
     )
@@ -69,8 +77,13 @@ def write_masks(
     save_text(path.with_name(path.name.replace(".nii.gz", ".tsv")), tsv)
 
 
-def summarise(ctx: SubjectContext) -> None:
-    """Build the regions, write the masks and both tables of one subject/session."""
+def summarise(ctx: SubjectContext, *, brain_region: bool = False) -> None:
+    """Build the regions, write the masks and both tables of one subject/session.
+
+    ``brain_region`` adds a ``brain`` region (the whole brain mask) before the others: the
+    rows of subjects whose tissue classes may be empty (no structural image,
+    :mod:`bids_app.stages.qmri_reference`).
+    """
     grid = ctx.grid
     lesion = ctx.lesion_mask if ctx.lesion_mask is not None else np.zeros(grid.shape)
     # the [lesionseg] connectivity option labels provided masks the same way (default 26)
@@ -80,7 +93,10 @@ def summarise(ctx: SubjectContext) -> None:
     region_masks = regions.build_regions(
         ctx.tissue, labels > 0, zooms=grid.zooms, brain_mask=ctx.brain_mask
     )
-    write_masks(ctx, region_masks, labels)
+    if brain_region:
+        region_masks = {"brain": np.asarray(ctx.brain_mask, bool), **region_masks}
+    enh = subject_enhancement(ctx, labels, region_masks["NAWM"] > 0)  # n/a without a ceT1w
+    write_masks(ctx, region_masks, labels, {"Enhancement": enh.record} if enh.record else None)
 
     maps = {rec.key: rec.data_ref for rec in ctx.maps if rec.data_ref is not None}
     units = {rec.key: rec.units for rec in ctx.maps}
@@ -104,6 +120,7 @@ def summarise(ctx: SubjectContext) -> None:
         tissue=ctx.tissue,
         chi_maps=chi,
         nawm=region_masks["NAWM"] > 0,
+        enhancement=enh.table,
     )
     les.insert(0, "participant_id", ids["participant_id"])
     les.insert(1, "session_id", ids["session_id"])
@@ -116,6 +133,8 @@ def summarise(ctx: SubjectContext) -> None:
         base / build_name(dict(ents, desc="regions"), "stats", ".tsv"), stats, REGION_COLUMNS
     )
     write_table(
-        base / build_name(dict(ents, desc="lesions"), "stats", ".tsv"), les, LESION_COLUMNS
+        base / build_name(dict(ents, desc="lesions"), "stats", ".tsv"),
+        les,
+        column_descriptions(enh, LESION_COLUMNS),
     )
     logger.info("%s: %d lesion(s), %d region rows", ctx.label, int(labels.max()), len(stats))

@@ -3,7 +3,7 @@
 Usage::
 
     msqmri-synth OUT_DIR [--subjects N] [--sessions K] [--size {tiny,small,brain}]
-                 [--seed S] [--snr SNR] [--series [NAME ...]] [-v]
+                 [--seed S] [--snr SNR] [--series [NAME ...]] [--misalign] [--head] [-v]
 """
 
 from __future__ import annotations
@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
         "32-echo MESE; b1tfl/b1epi/b1srge: other B1 map types); give none to write the "
         "relaxometry/MT protocol only",
     )
+    parser.add_argument(
+        "--misalign",
+        action="store_true",
+        help="simulate every 3-D collection but the FLAIR on its own grid and voxel size in "
+        "a known rigid head pose (true transforms in derivatives/truth/*_desc-collections_xfm"
+        ".json; the MEGRE stays on the FLAIR grid with the qsm series, 4-D series are not "
+        "moved)",
+    )
+    parser.add_argument(
+        "--head",
+        action="store_true",
+        help="image a non-brain head (CSF, skull, marrow, scalp, eyes, neck) around the "
+        "brain on a padded grid; true brain mask in derivatives/truth/*_desc-brain_mask",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="version", version=f"msqmri-synth {__version__}")
     return parser
@@ -107,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         snr=args.snr,
         anatomy=anatomy,
         series=tuple(args.series),
+        misalign=args.misalign,
+        head=args.head,
     )
     try:
         write_dataset(plan, args.out_dir, anatomy=anatomy)

@@ -15,27 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_app.synth import changes as _changes
+from bids_app.synth import head as _head
 from bids_app.synth import (
-    asl_series,
-    dce_series,
-    dwi_series,
-    mpm_series,
-    mwf_series,
-    qsm_series,
+    misalign,
     writer,
 )
-from bids_app.synth import changes as _changes
 from bids_app.synth.anatomy import Anatomy, downsample_affine, grid_coordinates
 from bids_app.synth.anatomy import make_anatomy as _make_anatomy
-from bids_app.synth.asl_single_series import write_asl_single
-from bids_app.synth.b1_series import EPI_FLIPS as _B1_EPI_FLIPS
-from bids_app.synth.b1_series import write_b1_epi, write_b1_srge, write_b1_tfl
-from bids_app.synth.irt1_series import INVERSION_TIMES as _IRT1_TIS
-from bids_app.synth.irt1_series import write_irt1
 from bids_app.synth.lesions import PlacementMaps, lesion_rows, place_lesions, render_lesions
-from bids_app.synth.mp2rage_series import FILES_ME, write_mp2rage, write_mp2rageme
 from bids_app.synth.protocol import COMMON_METADATA, GAIN, SPGR_TE, build_protocol, noise_sigma
 from bids_app.synth.scene import LESION, Scene
+from bids_app.synth.series import DEFAULT_SERIES, SERIES_FILES, SERIES_WRITERS
 from bids_app.synth.signals import complex_noise
 from bids_app.synth.tissue import NAWM_CHANGE, NOMINAL, brain_ellipsoid, draw_subject_tissue
 from bids_app.synth.tissue import truth_maps as _truth_maps
@@ -48,45 +39,6 @@ B1_NOISE_SD = 0.01
 #: then ``1 / (12 * 8**2)`` = 0.13 % of the Gaussian noise variance).
 QUANT_PER_SIGMA = 8
 _B1_TARGETS = ("VFA", "MTS")
-#: the 4-D series writers (:mod:`bids_app.synth.scene`), run in this order
-SERIES_WRITERS = {
-    "dwi": dwi_series.write_dwi,
-    "qsm": qsm_series.write_phase,
-    "asl": asl_series.write_asl,
-    "dce": dce_series.write_dce,
-    "asl1": write_asl_single,
-    "mpm": mpm_series.write_mpm,
-    "mwf": mwf_series.write_mese_mwf,
-    "mp2rage": write_mp2rage,
-    "mp2rageme": write_mp2rageme,
-    "irt1": write_irt1,
-    "b1tfl": write_b1_tfl,
-    "b1epi": write_b1_epi,
-    "b1srge": write_b1_srge,
-}
-#: the raw images each series writer adds: (datatype, name after the subject prefix)
-SERIES_FILES = {
-    "dwi": (("dwi", "dwi.nii.gz"),),
-    "qsm": tuple(("anat", f"echo-{k}_part-phase_MEGRE.nii.gz") for k in range(1, 7)),
-    "asl": (("perf", "asl.nii.gz"), ("perf", "m0scan.nii.gz")),
-    "dce": (("perf", "dce.nii.gz"),),
-    "asl1": (("perf", "acq-single_asl.nii.gz"),),
-    "mpm": mpm_series.file_names(),
-    "mwf": mwf_series.FILES,
-    "mp2rage": tuple(
-        ("anat", f"inv-{k}_part-{p}_MP2RAGE.nii.gz") for k in (1, 2) for p in ("mag", "phase")
-    ),
-    "mp2rageme": FILES_ME,
-    "irt1": tuple(("anat", f"inv-{k}_IRT1.nii.gz") for k in range(1, len(_IRT1_TIS) + 1)),
-    "b1tfl": (("fmap", "acq-anat_TB1TFL.nii.gz"), ("fmap", "acq-famp_TB1TFL.nii.gz")),
-    "b1epi": tuple(
-        ("fmap", f"echo-{e}_flip-{i}_TB1EPI.nii.gz")
-        for i in range(1, len(_B1_EPI_FLIPS) + 1)
-        for e in (1, 2)
-    ),
-    "b1srge": tuple(("fmap", f"flip-{k}_inv-{k}_TB1SRGE.nii.gz") for k in (1, 2)),
-}
-DEFAULT_SERIES = ("dwi", "qsm", "asl", "asl1", "dce", "irt1", "mp2rage", "mpm")
 
 
 @dataclass(frozen=True)
@@ -138,6 +90,10 @@ class SynthPlan:
     snr: float
     sigma: dict[str, float]
     series: tuple[str, ...] = DEFAULT_SERIES
+    #: each collection on its own grid and head pose (:mod:`bids_app.synth.misalign`)
+    misalign: bool = False
+    #: a non-brain head shell on a padded grid (:mod:`bids_app.synth.head`)
+    head: bool = False
 
     def raw_files(self) -> list[str]:
         """Relative paths of every raw image (``.nii.gz``) the plan writes."""
@@ -175,6 +131,8 @@ def make_plan(
     snr: float = 100.0,
     anatomy: Anatomy | None = None,
     series: tuple[str, ...] = DEFAULT_SERIES,
+    misalign: bool = False,
+    head: bool = False,
 ) -> SynthPlan:
     """Plan a dataset without writing anything.
 
@@ -194,6 +152,12 @@ def make_plan(
         Pre-built anatomy for ``size``.
     series : tuple of str
         The 4-D series written besides the 3-D protocol (keys of :data:`SERIES_WRITERS`).
+    misalign : bool
+        Every 3-D collection but the FLAIR on its own grid and rigid head pose
+        (:mod:`bids_app.synth.misalign`); off: all on the subject grid, unmoved.
+    head : bool
+        Image a non-brain head shell (:mod:`bids_app.synth.head`) on a padded grid
+        (the collections on the subject grid only).
 
     Returns
     -------
@@ -210,6 +174,7 @@ def make_plan(
     if unknown:
         raise ValueError(f"unknown series {unknown}; expected some of {sorted(SERIES_WRITERS)}")
     anatomy = anatomy or _make_anatomy(size)
+    anatomy = _head.pad_anatomy(anatomy) if head else anatomy
     width = max(2, len(str(subjects)))
     parts = []
     root = np.random.SeedSequence(seed)
@@ -236,6 +201,8 @@ def make_plan(
         snr=snr,
         sigma=noise_sigma(build_protocol(), snr),
         series=tuple(series),
+        misalign=misalign,
+        head=head,
     )
 
 
@@ -258,6 +225,7 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
     """
     out_dir = Path(out_dir)
     anatomy = anatomy or _make_anatomy(plan.size)
+    anatomy = _head.pad_anatomy(anatomy) if plan.head else anatomy
     _write_dataset_files(plan, out_dir)
     maps = (
         PlacementMaps.from_anatomy(anatomy) if any(p.patient for p in plan.participants) else None
@@ -270,13 +238,16 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
         lesions = []
         if part.patient:
             lesions = place_lesions(anatomy, maps, rng, n_sessions=len(plan.sessions))
+        head_rng = np.random.default_rng(child_seed(part.seed, 3))
+        head = _head.make_head(anatomy, tissue, head_rng) if plan.head else None
         history = []
         for t, ses in enumerate(plan.sessions):
             noise_rng = np.random.default_rng(child_seed(child_seed(part.seed, 2), t))
             ids, severity = render_lesions(anatomy, lesions, t)
             truth = _truth_maps(anatomy, tissue, severity)
+            grids = _misaligned(plan, out_dir, part, ses, t, anatomy, truth, tissue.b1, centre)
             megre, megre_meta = _write_raw(
-                plan, out_dir, part, ses, anatomy.brain, truth, noise_rng
+                plan, out_dir, part, ses, anatomy.brain, truth, noise_rng, grids, head
             )
             _write_b1(plan, out_dir, part, ses, tissue.b1, noise_rng)
             rows = lesion_rows(anatomy, lesions, t, ids, truth)
@@ -309,6 +280,8 @@ def write_dataset(plan: SynthPlan, out_dir: Path, *, anatomy: Anatomy | None = N
                 ids=ids,
                 rows=rows,
             )
+            if head is not None:
+                _head.write_head_truth(out_dir, part.label, ses, anatomy, head)
             logger.info(
                 "sub-%s%s (%s): %d lesions, %d lesion voxels",
                 part.label,
@@ -369,17 +342,45 @@ def _simulation_record(plan: SynthPlan) -> dict:
         "PatientNAWMChange": NAWM_CHANGE,
         "TissueValueUnits": {"T1": "s", "T2": "s", "T2star": "s", "PD": "1", "MTsat": "p.u."},
         "Participants": {f"sub-{p.label}": p.group for p in plan.participants},
+        **({"Misalignment": misalign.simulation_record(plan.size)} if plan.misalign else {}),
     }
 
 
-def _write_raw(plan, root, part, ses, brain, truth, rng) -> tuple[dict, dict]:
-    """Write the 3-D protocol; return the MEGRE complex channels and sidecars by echo time."""
+def _misaligned(plan, root, part, ses, t, anatomy, truth, b1, centre) -> dict:
+    """``--misalign``: the moved collections' grids (:mod:`.misalign`), their truth record."""
+    if not plan.misalign:
+        return {}
+    kept = ("MEGRE",) if "qsm" in plan.series else ()  # the phase shares the subject grid
+    names = tuple(dict.fromkeys(vol.collection for vol in build_protocol()))
+    seed = misalign.pose_seed(part.seed, t)
+    args = (plan.size, names, plan.grid_shape, plan.affine, anatomy.brain, truth, b1, seed)
+    grids = misalign.collection_grids(*args, centre, skip=kept)
+    misalign.write_record(root, part.label, ses, grids, kept)
+    return grids
+
+
+def _write_raw(
+    plan, root, part, ses, brain, truth, rng, grids=None, head=None
+) -> tuple[dict, dict]:
+    """Write the 3-D protocol; return the MEGRE complex channels and sidecars by echo time.
+
+    ``grids`` (``--misalign``): collection -> its own grid, pose and truth; ``head``
+    (``--head``): the non-brain head shell, imaged on the subject grid.
+    """
     base = writer.subject_dir(root, part.label, ses)
     in_brain = {key: value[brain] for key, value in truth.items()}
-    clean = np.zeros(plan.grid_shape, dtype=np.float32)
+    in_head = head.params(truth["B1"]) if head is not None else None
     megre, megre_meta = {}, {}
     for vol in build_protocol():
-        clean[brain] = vol.signal(in_brain)
+        own = (grids or {}).get(vol.collection)
+        shape, affine = (own.shape, own.affine) if own else (plan.grid_shape, plan.affine)
+        clean = np.zeros(shape, dtype=np.float32)
+        if own:
+            clean[own.brain] = vol.signal(own.maps)
+        else:
+            clean[brain] = vol.signal(in_brain)
+            if in_head is not None:
+                clean[head.mask] = vol.signal(in_head)
         sigma = plan.sigma[vol.collection]
         real, imag = complex_noise(clean, sigma, rng)
         noisy = np.hypot(real, imag)
@@ -387,7 +388,7 @@ def _write_raw(plan, root, part, ses, brain, truth, rng) -> tuple[dict, dict]:
             megre[vol.metadata["EchoTime"]] = (real, imag)
         step = max(sigma / QUANT_PER_SIGMA, float(noisy.max()) / 30000.0)
         path = base / vol.datatype / vol.filename(part.label, ses)
-        writer.save_nifti(path, noisy, plan.affine, dtype=np.int16, step=step)
+        writer.save_nifti(path, noisy, affine, dtype=np.int16, step=step)
         meta = {**vol.metadata, **COMMON_METADATA}
         writer.write_json(path.with_name(vol.filename(part.label, ses, ".json")), meta)
         if vol.collection == "MEGRE":

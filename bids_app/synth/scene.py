@@ -3,7 +3,7 @@
 The 3-D relaxometry/MT protocol is written by :mod:`bids_app.synth.dataset` itself; every
 other modality is a *series writer*: a function ``write(scene: Scene) -> None`` in its own
 module that writes its raw images (``scene.raw_path``) and its truth maps
-(``scene.truth_path``). :data:`bids_app.synth.dataset.SERIES_WRITERS` lists them in the
+(``scene.truth_path``). :data:`bids_app.synth.series.SERIES_WRITERS` lists them in the
 order they run; each gets its own noise generator (``scene.rng(name)``), so adding a
 modality never changes the images of another.
 """

@@ -192,7 +192,10 @@ def test_broken_subject_does_not_touch_the_other(dataset, msqmri, edit_json):
     res = msqmri(dataset, subjects=(), models=(), lesions=True)
     assert res.code == 65
     res.one_error("sub-01:", "sub-01_echo-3_part-mag_MEGRE.json", "EchoTime=12.0", "milliseconds")
-    assert not [p for p in res.out.rglob("sub-01*") if p.name != "sub-01.html"]
+    # nothing of sub-01 but its report and its failure record (bids_app.failures)
+    left = sorted(p.relative_to(res.out).as_posix() for p in res.out.rglob("sub-01*"))
+    assert set(left) <= {"sub-01.html", "logs/failed/sub-01.json"}, left
+    assert "logs/failed/sub-01.json" in left
     sub = res.out / "sub-02"
     keys = []
     for name in SYNTH_MODELS:

@@ -112,8 +112,12 @@ def test_failed_subject_keeps_the_others_complete(bids, reference, tmp_path):
     assert found == expected, differences(found, expected)
     assert _group_participants(out) == ["sub-01"]
     (log,) = (out / "logs").glob("run-*/msqmri.log")
-    failure = [line for line in log.read_text().splitlines() if " ERROR " in line]
+    lines = log.read_text().splitlines()
+    failure = [line for line in lines if " ERROR bids_app.participant" in line]
     assert len(failure) == 1
+    # the group level names the failure too, and nothing else is an error
+    (group,) = [line for line in lines if " ERROR " in line and line not in failure]
+    assert "sub-02" in group and "bids_app.group" in group
     assert "sub-02" in failure[0]
     assert "sub-02_flip-1_VFA.json" in failure[0]
     assert "RepetitionTimeExcitation" in failure[0]

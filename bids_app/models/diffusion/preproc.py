@@ -89,7 +89,7 @@ def denoise(
 
             region = ndi.binary_dilation(np.asarray(mask, bool), iterations=int(patch_radius))
         if method == "mppca":
-            from bids_app.models.diffusion._mppca import mppca as own_mppca
+            from bids_app.models._mppca import mppca as own_mppca
 
             out, sigma = own_mppca(
                 np.ascontiguousarray(data), mask=region, patch_radius=int(patch_radius),

@@ -84,6 +84,7 @@ class MTRModel(QMRIModel):
 
     name = "mtr"
     description = "Magnetisation transfer ratio from an MT-off and an MT-on image"
+    separate_acquisitions = "volume"
     reference = "Wolff SD, Balaban RS. Magn Reson Med 1989;10:135-144"
     inputs = (
         InputSpec(
@@ -166,6 +167,7 @@ class MTsatModel(QMRIModel):
     """
 
     name = "mtsat"
+    separate_acquisitions = "volume"
     description = "MT saturation (Helms 2008) with T1, R1, M0 and MTR from the MTS collection"
     reference = (
         "Helms G, Dathe H, Kallenberg K, Dechent P. Magn Reson Med 2008;60:1396-1407; "

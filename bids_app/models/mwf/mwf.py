@@ -16,12 +16,20 @@ Accuracy (tests/models/test_mwf.py, test_mwf_synth.py): the median |MWF error| i
 100 is about 3 points with the angle fitted (the Cramér-Rao bound of the three-pool signal is
 about 6 points SD per voxel), below 2 points from SNR 200 on the synthetic images (1.3 at
 300). Speed: ``benchmarks/bench_mwf.py``.
+
+Option ``denoise='mppca'`` denoises the echoes across echoes before the fit (MP-PCA within the
+mask dilated by the patch radius, :mod:`bids_app.models.mwf._denoise`; Does MD et al. Magn
+Reson Med 2019;81:3503-3514): at SNR 100 the median |MWF error| in WM falls to 1.3-1.5 points
+and its SD from 4 to 0.9, the mean signed error stays (-1.3 to -1.5), but the NAWM - lesion
+contrast of small lesions shrinks by 1.1-1.7 points (tests/models/test_mwf_denoise.py), so
+the default stays ``none``; about 15 CPU us per brain voxel with the default stride 2.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +47,7 @@ from bids_app.models.base import (
     register,
     valid_b1,
 )
+from bids_app.models.mwf._denoise import DENOISE_METHODS, denoise_mese
 from bids_app.models.mwf._fit import fit_spectra, make_basis, summarise
 from bids_app.models.mwf._regularise import METHODS
 
@@ -72,6 +81,11 @@ class MWFModel(QMRIModel):
     residual) and the rms residual (signal units). A voxel with a non-finite
     value or no positive echo gets NaN; one without a valid B1 gets its angle fitted, so no
     output is undefined because of the B1 map.
+
+    With ``denoise='mppca'`` the participant level denoises the series first
+    (:meth:`preprocess`, :meth:`with_preprocessed`); the SNR and residual maps then describe
+    the fit of the denoised echoes, and ``FitNotes['Denoising']`` records the method, patch
+    and the noise and component estimates.
     """
 
     name = "mwf"
@@ -116,6 +130,19 @@ class MWFModel(QMRIModel):
         "n_angles": Option(17, int, range=(4, 64), doc="coarse angle grid"),
         "angle_resolution": Option(0.5, float, range=(0.05, 5.0), unit="degree", doc="fine"),
         "t1": Option(1.0, float, range=(0.1, 10.0), unit="s", doc="T1 of the EPG basis"),
+        "denoise": Option(
+            "none",
+            str,
+            DENOISE_METHODS,
+            doc="whole-volume denoising across echoes before the fit (mppca: MP-PCA, "
+            "Veraart 2016, within the mask dilated by the patch radius; Does 2019)",
+        ),
+        "denoise_patch_radius": Option(
+            2, int, range=(1, 5), unit="voxels", doc="MP-PCA patch radius (window 2r+1)"
+        ),
+        "denoise_stride": Option(
+            2, int, range=(1, 3), unit="voxels", doc="MP-PCA patch centres every stride voxels"
+        ),
     }
 
     def __init__(self, echo_time: np.ndarray, **options: Any):
@@ -138,6 +165,10 @@ class MWFModel(QMRIModel):
             self.fit_notes["RefocusingAngle"] = (
                 "180 - |180 B1 - 180| deg where B1 is valid, fitted elsewhere"
             )
+        # replaced by the preprocessing's record (with_preprocessed) in the pipeline
+        self.fit_notes["Denoising"] = (
+            "none" if o["denoise"] == "none" else f"{o['denoise']} not applied (no preprocess)"
+        )
         if o["mw_cutoff"] >= o["iew_cutoff"]:
             raise ValueError(f"{self.name}: mw_cutoff must be below iew_cutoff")
         t2_min = o["t2_min"] or self.echo_spacing
@@ -181,6 +212,40 @@ class MWFModel(QMRIModel):
             "T2Range": [float(self.t2[0]), float(self.t2[-1])],
             "NumberOfT2": int(self.t2.size),
         }
+
+    def preprocess_key(self) -> Hashable | None:
+        """``None`` without denoising, else the denoising options (one run per value set)."""
+        o = self.options
+        if o["denoise"] == "none":
+            return None
+        return ("msqmri-mese-denoise", o["denoise"], o["denoise_patch_radius"],
+                o["denoise_stride"])  # fmt: skip
+
+    def preprocess(
+        self, data: Mapping[str, np.ndarray], *, mask: np.ndarray, affine: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Denoise the echoes across echoes (:func:`~bids_app.models.mwf._denoise.denoise_mese`).
+
+        Returns ``({'mese': denoised}, {'notes': ...})``; the fit mask is unchanged.
+        """
+        o = self.options
+        out = dict(data)
+        name = next(iter(data))
+        out[name], notes = denoise_mese(
+            data[name],
+            mask,
+            method=o["denoise"],
+            patch_radius=o["denoise_patch_radius"],
+            stride=o["denoise_stride"],
+        )
+        return out, {"notes": notes}
+
+    def with_preprocessed(self, state: Mapping[str, Any]) -> MWFModel:
+        """A copy whose ``FitNotes`` record the denoising of ``state``."""
+        model = copy.copy(self)
+        model.fit_notes = dict(self.fit_notes)
+        model.fit_notes["Denoising"] = dict(state.get("notes", {}))
+        return model
 
     def _angle_index(self, b1: np.ndarray | None, n: int) -> np.ndarray | None:
         """Fine-grid indices of ``180 - |180 B1 - 180|`` (clipped to the grid); ``-1``: fitted.

@@ -104,6 +104,7 @@ class VFAT1Model(QMRIModel):
     """
 
     name = "vfa_t1"
+    separate_acquisitions = "volume"
     description = "VFA (DESPOT1) T1 mapping from spoiled gradient-echo images"
     reference = (
         "Deoni SCL, Rutt BK, Peters TM. Magn Reson Med 2003;49:515-526; "

@@ -124,6 +124,7 @@ class IRT1Model(QMRIModel):
 
     name = "irt1"
     kind = "volume"
+    separate_acquisitions = "volume"
     rows_input = "irt1"
     description = "Inversion-recovery T1 mapping (reduced-dimension NLS, polarity restored)"
     reference = (

@@ -122,6 +122,7 @@ class MPMModel(QMRIModel):
     """
 
     name = "mpm"
+    separate_acquisitions = "input"
     description = (
         "Multi-parameter mapping: ESTATICS R2*, exact-SPGR R1/PD and MTsat from PDw/T1w/MTw FLASH"
     )
