@@ -198,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         logdir = cfg.output_dir / "logs" / f"run-{run_id}"
         setup_logging(cfg.verbosity, logdir / "msqmri.log")
         save_text(logdir / "config.toml", f"# msqmri {__version__}\n" + cfg.to_toml())
-        os.environ.setdefault("MPLCONFIGDIR", str(cfg.work_dir / "mpl"))
         logger.info(
             "msqmri %s: %s -> %s (%s)",
             __version__,
@@ -207,9 +206,16 @@ def main(argv: list[str] | None = None) -> int:
             " ".join(cfg.analysis_level),
         )
         scratch = cfg.work_dir / f"run-{run_id}"
+        # matplotlib's font cache in this run's scratch (a read-only HOME on clusters), not
+        # in the derivative; unset again after the run, whose scratch is removed
+        own_mpl = "MPLCONFIGDIR" not in os.environ
+        if own_mpl:
+            os.environ["MPLCONFIGDIR"] = str(scratch / "mpl")
         try:
             code = _run(cfg, scratch)
         finally:
+            if own_mpl:
+                os.environ.pop("MPLCONFIGDIR", None)
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(OSError):
                 cfg.work_dir.rmdir()  # only when empty (no other job uses it)

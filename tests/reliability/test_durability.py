@@ -117,7 +117,8 @@ def test_failed_subject_keeps_the_others_complete(bids, reference, tmp_path):
     assert len(failure) == 1
     # the group level names the failure too, and nothing else is an error
     (group,) = [line for line in lines if " ERROR " in line and line not in failure]
-    assert "sub-02" in group and "bids_app.group" in group
+    assert "sub-02" in group
+    assert "bids_app.group" in group
     assert "sub-02" in failure[0]
     assert "sub-02_flip-1_VFA.json" in failure[0]
     assert "RepetitionTimeExcitation" in failure[0]
