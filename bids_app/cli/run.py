@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -206,16 +207,18 @@ def main(argv: list[str] | None = None) -> int:
             " ".join(cfg.analysis_level),
         )
         scratch = cfg.work_dir / f"run-{run_id}"
-        # matplotlib's font cache in this run's scratch (a read-only HOME on clusters), not
-        # in the derivative; unset again after the run, whose scratch is removed
-        own_mpl = "MPLCONFIGDIR" not in os.environ
-        if own_mpl:
-            os.environ["MPLCONFIGDIR"] = str(scratch / "mpl")
+        # matplotlib's font cache in a temporary folder ($TMPDIR; HOME is read-only on
+        # clusters), never in the derivative (a killed run would leave it there)
+        own_mpl = None
+        if "MPLCONFIGDIR" not in os.environ:
+            own_mpl = tempfile.mkdtemp(prefix="msqmri-mpl-")
+            os.environ["MPLCONFIGDIR"] = own_mpl
         try:
             code = _run(cfg, scratch)
         finally:
-            if own_mpl:
+            if own_mpl is not None:
                 os.environ.pop("MPLCONFIGDIR", None)
+                shutil.rmtree(own_mpl, ignore_errors=True)
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(OSError):
                 cfg.work_dir.rmdir()  # only when empty (no other job uses it)

@@ -180,5 +180,7 @@ def test_cli_dsc_outputs_and_filter(tmp_path):
     assert side["FitNotes"]["AIF"]["NumberOfVoxels"] == 5
     cbf = np.asarray(nib.load(folder / "sub-01_acq-gre_desc-dsc_cbf.nii.gz").dataobj)
     assert np.nanmedian(cbf[labels == 1]) == pytest.approx(GM["cbf"], rel=0.2)
-    # without the filter, the other acquisition's RepetitionTime (15 s) is exit 65
-    assert main([*argv, "--models", "dsc", "-w", str(tmp_path / "w")]) == 65
+    # without the filter, the other acquisition's RepetitionTime (15 s) is exit 65 (in a new
+    # output folder: a rerun into ``out`` skips sub-01, whose outputs are complete)
+    fresh = [str(root), str(tmp_path / "out2"), *argv[2:]]
+    assert main([*fresh, "--models", "dsc", "-w", str(tmp_path / "w")]) == 65
