@@ -273,12 +273,19 @@ class QMRIModel(ABC):
         return None
 
     def preprocess(
-        self, data: Mapping[str, np.ndarray], *, mask: np.ndarray, affine: np.ndarray
+        self,
+        data: Mapping[str, np.ndarray],
+        *,
+        mask: np.ndarray,
+        affine: np.ndarray,
+        pool: Any = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Whole-volume preprocessing before the fit: ``(data, state)``.
 
         ``state`` is what the fit needs to know about it (rotated gradients, a brain mask
         under ``'mask'``, notes for the sidecars); :meth:`with_preprocessed` receives it.
+        ``pool`` is the run's :class:`~bids_app.models.fitting.FitPool` (or ``None``), for
+        preprocessing that can use its workers.
         """
         return dict(data), {}
 

@@ -128,7 +128,7 @@ def preprocessed(
     if cache_key not in ctx.preprocessed:
         ctx.preprocessed.clear()
         ctx.preprocessed[cache_key] = model.preprocess(
-            inputs.data, mask=mask, affine=inputs.grid.affine
+            inputs.data, mask=mask, affine=inputs.grid.affine, pool=ctx.pool
         )
         logger.info("%s: %s preprocessed %s", ctx.label, model.name, inputs.paths[0])
     data, state = ctx.preprocessed[cache_key]

@@ -79,6 +79,9 @@ def fibre_directions(xyz: np.ndarray) -> np.ndarray:
     """Smooth unit fibre field at world points ``xyz`` (n, 3) mm: circles about z, tilted."""
     r = np.hypot(xyz[:, 0], xyz[:, 1]) + 5.0
     d = np.stack([-xyz[:, 1] / r, xyz[:, 0] / r, 0.4 * np.tanh(xyz[:, 2] / 40.0)], axis=1)
+    # the field vanishes at the world origin itself (a voxel centre on 1 mm grids): any
+    # direction is a circle there; take x
+    d[np.linalg.norm(d, axis=1) < 1e-9] = (1.0, 0.0, 0.0)
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
 

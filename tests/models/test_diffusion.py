@@ -179,6 +179,51 @@ def test_motion_correction_recovers_rotation_and_rotates_bvecs():
     np.testing.assert_array_equal(new_vecs[b0], bvecs[b0])
 
 
+def test_registration_grid_factors():
+    from bids_app.models.diffusion._motion import registration_factors
+
+    one_mm = np.diag([-1.0, 1.0, 1.0, 1.0])
+    assert registration_factors((156, 192, 164), one_mm, 4.0) == (4, 4, 4)
+    assert registration_factors((156, 192, 164), one_mm, 0.0) == (1, 1, 1)
+    # anisotropic 2 x 2 x 3 mm, 60 slices: each axis keeps 32 voxels at least
+    aniso = np.diag([2.0, 2.0, 3.0, 1.0])
+    assert registration_factors((96, 96, 60), aniso, 4.0) == (2, 2, 1)
+    assert registration_factors((32, 32, 20), np.diag([2.0, 2.0, 2.0, 1.0]), 4.0) == (1, 1, 1)
+
+
+def test_motion_correction_on_a_coarse_grid_and_in_parallel():
+    """A 1 mm series registered on 2 mm blocks (32 x 32 x 20): the known rotation is found,
+    and the executor path gives the serial result exactly.
+
+    This smooth phantom is hard for mutual information: 0.475 degree residual on the blocks,
+    0.365 on the native grid (18 s). The issue's 0.3 degree is measured on the synthetic
+    brain (benchmarks/bench_dwi_motion.py: 0.13-0.19 degree on 4 mm blocks).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    ph = sd.phantom((64, 64, 40), rng, texture=0.4, texture_scale=2.0)
+    bvals, bvecs = sd.multishell_protocol((1000,), 6, 2, rng)
+    moved = int(np.flatnonzero(bvals > 0)[2])
+    rot = sd.rotation_matrix(2.0, (0, 1, 1))
+    data, _ = sd.simulate_dwi(
+        ph["mask"], ph["s0"], ph["fractions"], ph["tensors"], bvals, bvecs,
+        snr=SNR, rng=rng, rotations={moved: rot},
+    )  # fmt: skip
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    out, vecs, xfms = preproc.motion_correct(data, bvals, bvecs, affine, grid_mm=2.0)
+    q = preproc.bvec_rotation(xfms[moved], affine)
+    assert preproc.rotation_angle(q @ rot) < 0.55
+    assert preproc.rotation_angle(q) == pytest.approx(2.0, abs=0.55)
+    with ThreadPoolExecutor(2) as pool:
+        out2, vecs2, xfms2 = preproc.motion_correct(
+            data, bvals, bvecs, affine, grid_mm=2.0, executor=pool
+        )
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(vecs2, vecs)
+    np.testing.assert_array_equal(np.array(xfms2), np.array(xfms))
+
+
 def test_preprocessing_shared_hooks_and_notes():
     ph = sd.phantom((12, 12, 6), np.random.default_rng(5))
     bvals, bvecs = sd.multishell_protocol((1000, 2000), 12, 3, np.random.default_rng(7))

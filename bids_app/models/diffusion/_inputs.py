@@ -83,6 +83,13 @@ PREPROC_OPTIONS: dict[str, Option] = {
     "motion": Option(
         "rigid", str, ("rigid", "affine", "none"), doc="volume-to-mean-b0 registration"
     ),
+    "motion_grid_mm": Option(
+        4.0,
+        float,
+        range=(0.0, 8.0),
+        unit="mm",
+        doc="voxel size of the motion-correction grid (block averages; 0: the native grid)",
+    ),
     "brain_mask": Option(
         "auto",
         str,
@@ -232,11 +239,21 @@ class DWIModel(QMRIModel):
             return None
         return ("msqmri-dwi-preproc", *sorted(opts.items()))
 
-    def preprocess(self, data, *, mask, affine):
-        """Denoise, remove Gibbs ringing, motion-correct, brain mask (see :mod:`.preproc`)."""
+    def preprocess(self, data, *, mask, affine, pool=None):
+        """Denoise, remove Gibbs ringing, motion-correct, brain mask (see :mod:`.preproc`).
+
+        The per-volume registrations run on the workers of ``pool`` when it has several.
+        """
         name = next(iter(data))
+        executor = pool.executor() if pool is not None and pool.nprocs > 1 else None
         out, state = preproc.preprocess_dwi(
-            data[name], self.bvals, self.bvecs, affine, mask, **self._preproc_options()
+            data[name],
+            self.bvals,
+            self.bvecs,
+            affine,
+            mask,
+            executor=executor,
+            **self._preproc_options(),
         )
         return {name: out}, state
 

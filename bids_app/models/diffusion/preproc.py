@@ -8,9 +8,10 @@ Pure array code, run once per subject for every diffusion model with the same op
    ``dipy.denoise.patch2self.patch2self``).
 2. **Gibbs-ringing removal** by local subvoxel shifts (Kellner et al. 2016,
    ``dipy.denoise.gibbs.gibbs_removal``), slice by slice along the third axis.
-3. **Motion correction**: every volume is registered (``dipy.align.affine_registration``,
-   mutual information, rigid or affine) to the mean of the b=0 volumes, resampled onto it,
-   and its b-vector rotated by the rotation part of the transform (Leemans & Jones 2009).
+3. **Motion correction** (:mod:`._motion`): every volume is registered
+   (``dipy.align.affine_registration``, mutual information, rigid or affine, on a grid of
+   about ``motion_grid_mm`` voxels) to the mean of the b=0 volumes, resampled onto it, and
+   its b-vector rotated by the rotation part of the transform (Leemans & Jones 2009).
 4. **Brain mask**: ``dipy.segment.mask.median_otsu`` of the mean b=0 after correction.
 
 Not done (other tools needed): susceptibility-distortion and eddy-current correction.
@@ -28,13 +29,30 @@ correcting for subject motion in DTI data. Magn Reson Med 2009;61:1336-1349.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
+from bids_app.models.diffusion._motion import (
+    _rotation,
+    bvec_rotation,
+    motion_correct,
+    registration_factors,
+    rotation_angle,
+)
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["B0_THRESHOLD", "brain_mask", "denoise", "motion_correct", "preprocess_dwi"]
+__all__ = [
+    "B0_THRESHOLD",
+    "brain_mask",
+    "bvec_rotation",
+    "denoise",
+    "motion_correct",
+    "preprocess_dwi",
+    "rotation_angle",
+]
 
 #: b-values up to this many s/mm² are b=0
 B0_THRESHOLD = 50.0
@@ -119,161 +137,6 @@ def denoise(
     raise ValueError(f"unknown denoising {method!r}: mppca, mppca_dipy, patch2self or none")
 
 
-def _orthonormal(affine: np.ndarray) -> np.ndarray:
-    """The linear part of ``affine`` with its voxel sizes divided out: (3, 3)."""
-    lin = np.asarray(affine, float)[:3, :3]
-    return lin / np.linalg.norm(lin, axis=0, keepdims=True)
-
-
-def _rotation(lin: np.ndarray) -> np.ndarray:
-    """The nearest rotation to a (3, 3) matrix (polar decomposition)."""
-    u, _, vt = np.linalg.svd(lin)
-    rot = u @ vt
-    if np.linalg.det(rot) < 0:
-        u[:, -1] *= -1
-        rot = u @ vt
-    return rot
-
-
-def bvec_rotation(transform: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """The rotation to apply to b-vectors (FSL frame) for a registration ``transform``.
-
-    Parameters
-    ----------
-    transform : (4, 4) ndarray
-        World (mm) map from the reference (static) to the moved volume, as returned by
-        ``dipy.align.affine_registration`` (only its linear part is used).
-    affine : (4, 4) ndarray
-        Voxel-to-world affine of the series.
-
-    Returns
-    -------
-    (3, 3) ndarray
-        ``Q`` such that the corrected b-vector is ``Q @ g`` (``R'`` in the b-vector frame:
-        the voxel axes, x flipped when ``det(affine) > 0``, as FSL).
-    """
-    m = _orthonormal(affine)
-    rot_vox = np.linalg.inv(m) @ _rotation(np.asarray(transform)[:3, :3]) @ m
-    flip = np.diag([-1.0, 1.0, 1.0]) if np.linalg.det(m) > 0 else np.eye(3)
-    return flip @ rot_vox.T @ flip
-
-
-def rotation_angle(rot: np.ndarray) -> float:
-    """Angle of a (3, 3) rotation, degrees."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1.0, 1.0))))
-
-
-def motion_correct(
-    data: np.ndarray,
-    bvals: np.ndarray,
-    bvecs: np.ndarray,
-    affine: np.ndarray,
-    *,
-    method: str = "rigid",
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Register every volume to the mean b=0 and rotate its b-vector.
-
-    Parameters
-    ----------
-    data : (X, Y, Z, n) ndarray
-    bvals : (n,) ndarray
-        s/mm².
-    bvecs : (n, 3) ndarray
-        FSL frame (see :func:`bvec_rotation`).
-    affine : (4, 4) ndarray
-    method : {'rigid', 'affine'}
-        Registration model (mutual information; shell-median targets, see the code).
-
-    Returns
-    -------
-    data : (X, Y, Z, n) float32 ndarray
-        Every volume resampled onto the mean b=0 (linear interpolation).
-    bvecs : (n, 3) ndarray
-        Rotated b-vectors.
-    transforms : list of (4, 4) ndarray
-        The world transform of each volume (identity for the reference itself).
-
-    Raises
-    ------
-    ValueError
-        Unknown ``method`` or no b=0 volume.
-    """
-    from dipy.align import affine_registration
-    from dipy.align.imaffine import AffineMap
-
-    if method not in ("rigid", "affine"):
-        raise ValueError(f"unknown motion correction {method!r}: rigid, affine or none")
-    bvals = np.asarray(bvals, float)
-    b0 = bvals <= B0_THRESHOLD
-    if not b0.any():
-        raise ValueError("motion correction needs a b=0 volume")
-    data = np.asarray(data, dtype=np.float32)
-    static = np.median(data[..., b0], axis=-1)
-    pipeline = ["rigid"] if method == "rigid" else ["rigid", "affine"]
-    # small volumes: one full-resolution level, tight tolerances (sub-0.3 degree); large
-    # ones: a 4/2/1 pyramid with few iterations per level (head motion between volumes is
-    # small: a known 2 degree rotation of a 2 mm synthetic b=0 came back within 0.01 degree
-    # in 3 s, against 20 s with 1000/300/300 iterations); dense sampling (deterministic)
-    small = min(data.shape[:3]) < 48
-    levels = {
-        "level_iters": [300] if small else [30, 15, 5],
-        "sigmas": [0.0] if small else [2.0, 1.0, 0.0],
-        "factors": [1] if small else [4, 2, 1],
-        "nbins": 32,
-        "sampling_proportion": None,
-        "optimizer_options": (
-            {"gtol": 1e-10, "ftol": 1e-12, "maxiter": 300}
-            if small
-            else {"gtol": 1e-5, "maxiter": 30}
-        ),
-    }
-    # rotations are about the world origin: put it at the grid centre (same rotation part)
-    centred = np.array(affine, dtype=float)
-    centred[:3, 3] = -centred[:3, :3] @ ((np.asarray(data.shape[:3]) - 1) / 2.0)
-    out = np.empty_like(data)
-    new_vecs = np.asarray(bvecs, float).copy()
-
-    def register(moving, target, start=None):
-        _, xfm = affine_registration(
-            moving,
-            target,
-            moving_affine=centred,
-            static_affine=centred,
-            pipeline=pipeline,
-            metric="MI",
-            starting_affine=start,
-            **levels,
-        )
-        return np.asarray(xfm)
-
-    # a DW volume is registered to the mean of its shell (closer contrast than the b=0),
-    # itself registered once to the mean b=0; the transforms compose
-    shell_of = np.where(b0, -1, np.round(bvals / 100.0))
-    to_b0 = {}
-    for shell in np.unique(shell_of[~b0]):
-        target = np.median(data[..., shell_of == shell], axis=-1)
-        to_b0[shell] = (target, register(target, static))
-    transforms = []
-    for k in range(data.shape[-1]):
-        if b0[k]:
-            xfm = register(data[..., k], static)
-        else:
-            target, shell_xfm = to_b0[shell_of[k]]
-            xfm = register(data[..., k], target) @ shell_xfm
-        amap = AffineMap(
-            xfm,
-            domain_grid_shape=static.shape,
-            domain_grid2world=centred,
-            codomain_grid_shape=data.shape[:3],
-            codomain_grid2world=centred,
-        )
-        out[..., k] = amap.transform(data[..., k], interpolation="linear")
-        if bvals[k] > B0_THRESHOLD:
-            new_vecs[k] = bvec_rotation(xfm, affine) @ new_vecs[k]
-        transforms.append(xfm)
-    return out, new_vecs, transforms
-
-
 def brain_mask(mean_b0: np.ndarray, given: np.ndarray | None, policy: str = "auto") -> np.ndarray:
     """The brain mask of the fit.
 
@@ -314,7 +177,9 @@ def preprocess_dwi(
     denoise_stride: int = 2,
     gibbs: bool = False,
     motion: str = "rigid",
+    motion_grid_mm: float = 4.0,
     brain_mask: str = "auto",
+    executor: Executor | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The whole preprocessing chain (see the module docstring).
 
@@ -327,8 +192,10 @@ def preprocess_dwi(
     affine : (4, 4) ndarray
     mask : (X, Y, Z) bool ndarray, optional
         The mask offered by the pipeline (see :func:`brain_mask`).
-    denoise, denoise_patch_radius, denoise_stride, gibbs, motion, brain_mask
+    denoise, denoise_patch_radius, denoise_stride, gibbs, motion, motion_grid_mm, brain_mask
         The options of the diffusion models (``motion='none'`` skips the registration).
+    executor : concurrent.futures.Executor, optional
+        Runs the per-volume registrations of the motion correction in parallel.
 
     Returns
     -------
@@ -368,11 +235,15 @@ def preprocess_dwi(
     )
     new_vecs, angles = np.asarray(bvecs, float), np.zeros(bvals.size)
     if motion != "none":
-        data, new_vecs, xfms = motion_correct(data, bvals, bvecs, affine, method=motion)
+        data, new_vecs, xfms = motion_correct(
+            data, bvals, bvecs, affine, method=motion, grid_mm=motion_grid_mm, executor=executor
+        )
         angles = np.array([rotation_angle(_rotation(x[:3, :3])) for x in xfms])
         notes["MotionCorrection"] = {
             "Method": f"{motion} registration to the mean b=0 (mutual information)",
             "BvecsRotated": True,
+            "RegistrationGridMm": motion_grid_mm,
+            "RegistrationFactors": list(registration_factors(data.shape, affine, motion_grid_mm)),
             "MaxRotationDeg": round(float(angles.max()), 3),
             "MeanRotationDeg": round(float(angles.mean()), 3),
         }

@@ -222,7 +222,12 @@ class MWFModel(QMRIModel):
                 o["denoise_stride"])  # fmt: skip
 
     def preprocess(
-        self, data: Mapping[str, np.ndarray], *, mask: np.ndarray, affine: np.ndarray
+        self,
+        data: Mapping[str, np.ndarray],
+        *,
+        mask: np.ndarray,
+        affine: np.ndarray,
+        pool: Any = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Denoise the echoes across echoes (:func:`~bids_app.models.mwf._denoise.denoise_mese`).
 
