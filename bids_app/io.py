@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Sequence
@@ -349,3 +350,39 @@ def save_text(path: str | Path, text: str) -> None:
         _atomic_write(path, write)
     except OSError as err:
         raise OutputError(f"{path}: cannot write ({err})") from None
+
+
+def link_or_copy(source: str | Path, path: str | Path) -> str:
+    """Make ``path`` the same file as ``source``: a hard link, else a copy (atomically).
+
+    Used for outputs that are voxel-identical to another output (a map already on the
+    reference grid and its ``space-<ref>`` name): no second compression, no second copy on
+    disk. Filesystems without hard links (or across devices) get a byte copy.
+
+    Returns
+    -------
+    str
+        ``'hardlink'`` or ``'copy'``.
+
+    Raises
+    ------
+    OutputError
+        If neither can be written (exit 73).
+    """
+    source, path = Path(source), Path(path)
+    how = []
+
+    def write(tmp):
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+            how.append("hardlink")
+        except OSError:
+            shutil.copyfile(source, tmp)
+            how.append("copy")
+
+    try:
+        _atomic_write(path, write)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err})") from None
+    return how[-1]

@@ -120,3 +120,27 @@ def test_every_output_suffix_is_bids_or_listed_in_bidsignore():
             if spec.suffix not in known and not ignored:
                 missing.append(f"{name}: {path}")
     assert not missing, missing
+
+
+def test_link_image_is_the_same_bytes_and_falls_back_to_a_copy(tmp_path, monkeypatch):
+    import os
+
+    from bids_app.bids.derivatives import link_image
+    from bids_app.io import link_or_copy
+
+    ents = {"subject": "01"}
+    src = write_image(tmp_path, "anat", ents, "T1map", np.ones((2, 2, 2)), np.eye(4), {})
+    ref = link_image(tmp_path, "anat", dict(ents, space="FLAIR"), "T1map", src, {"Units": "s"})
+    assert ref.name == "sub-01_space-FLAIR_T1map.nii.gz"
+    assert ref.stat().st_ino == src.stat().st_ino
+    assert json.loads(ref.with_suffix("").with_suffix(".json").read_text()) == {"Units": "s"}
+
+    def no_links(*_):
+        raise OSError("EXDEV")
+
+    monkeypatch.setattr(os, "link", no_links)
+    dst = tmp_path / "copy.nii.gz"
+    assert link_or_copy(src, dst) == "copy"
+    assert dst.read_bytes() == src.read_bytes()
+    assert dst.stat().st_ino != src.stat().st_ino
+    assert not list(tmp_path.rglob(".*tmp*"))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bids_app import __version__
-from bids_app.io import save_nifti, save_text
+from bids_app.io import link_or_copy, save_nifti, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,25 @@ def write_image(
     d = subject_dir(out, entities, datatype)
     path = d / build_name(entities, suffix)
     save_nifti(path, data, affine, dtype=dtype, header=header)
+    save_text(path.with_name(path.name.replace(".nii.gz", ".json")), dumps(sidecar))
+    return path
+
+
+def link_image(
+    out: Path,
+    datatype: str,
+    entities: Mapping[str, Any],
+    suffix: str,
+    source: Path,
+    sidecar: Mapping[str, Any],
+) -> Path:
+    """As :func:`write_image` for data identical to the image ``source``: a hard link.
+
+    See :func:`bids_app.io.link_or_copy` (a copy where links are not possible).
+    """
+    d = subject_dir(out, entities, datatype)
+    path = d / build_name(entities, suffix)
+    link_or_copy(source, path)
     save_text(path.with_name(path.name.replace(".nii.gz", ".json")), dumps(sidecar))
     return path
 

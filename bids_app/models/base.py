@@ -30,6 +30,7 @@ from bids_app.models.specs import (
     Volume,
     sidecar_path,
 )
+from bids_app.models.volume_driver import fit_whole_volume
 
 __all__ = [
     "B1_RANGE",
@@ -323,47 +324,7 @@ class QMRIModel(ABC):
             return fit_masked(self, data, mask=mask, **kwargs)
         if self.rows_input and not isinstance(data, Mapping):
             return fit_rows_as_volume(self, data, mask=mask, affine=affine, **kwargs)
-        return _fit_whole_volume(self, data, mask=mask, affine=affine, **kwargs)
-
-
-def _fit_whole_volume(
-    model: QMRIModel,
-    data: Mapping[str, np.ndarray],
-    *,
-    mask: np.ndarray | None,
-    affine: np.ndarray | None,
-    covariates: Mapping[str, np.ndarray] | None = None,
-    **_ignored: Any,
-) -> QMRIFit:
-    """The whole-volume driver: shape checks, the model's fit, NaN outside the mask."""
-    if not isinstance(data, Mapping) or not data:
-        raise ValueError(f"{model.name}: whole-volume data must be a mapping of input arrays")
-    spatial = next(iter(data.values())).shape[:3]
-    for name, arr in data.items():
-        if arr.shape[:3] != spatial:
-            raise ValueError(f"input {name!r} shape {arr.shape[:3]} != {spatial}")
-    mask = np.ones(spatial, bool) if mask is None else np.asarray(mask, dtype=bool)
-    if mask.shape != spatial:
-        raise ValueError(f"mask shape {mask.shape} does not match data shape {spatial}")
-    covariates = dict(covariates or {})
-    for name, cov in covariates.items():
-        if np.shape(cov) != spatial:
-            raise ValueError(f"covariate {name!r} shape {np.shape(cov)} != data shape {spatial}")
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
-    with np.errstate(all="ignore"):
-        out = model._fit_volume(data, mask=mask, affine=affine, **covariates)
-    params, rmse = out if isinstance(out, tuple) else (out, None)
-    params = np.array(params, dtype=np.float64)
-    expected = (*spatial, len(model.outputs))
-    if params.shape != expected:
-        raise RuntimeError(
-            f"{model.name}._fit_volume returned {params.shape}, expected {expected}"
-        )
-    params[~mask] = np.nan
-    params[~np.isfinite(params)] = np.nan
-    if rmse is not None:
-        rmse = np.where(mask, rmse, np.nan)
-    return QMRIFit(model, params, rmse)
+        return fit_whole_volume(self, data, mask=mask, affine=affine, **kwargs)
 
 
 def register(cls: type[QMRIModel]) -> type[QMRIModel]:

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from bids_app import __version__, io
-from bids_app.bids.derivatives import bids_uri, build_name, naming_entities, write_image
+from bids_app.bids.derivatives import (
+    bids_uri,
+    build_name,
+    link_image,
+    naming_entities,
+    write_image,
+)
 from bids_app.bids.query import ModelRun
 from bids_app.errors import MetadataError, NotApplicableError
 from bids_app.models.base import QMRIFit, QMRIModel
@@ -322,7 +328,10 @@ def fit_run(ctx: SubjectContext, run: ModelRun) -> bool:
 def to_reference(ctx: SubjectContext) -> None:
     """Resample every map to the reference grid and write the ``space-<ref>`` copies.
 
-    The native array of a record is released once its reference copy exists (memory).
+    The native array of a record is released once its reference copy exists (memory). A map
+    already on the reference grid whose copy would be voxel-identical gets the native file
+    hard-linked under the ``space-<ref>`` name (no second compression; a copy where the
+    filesystem has no hard links).
     """
     if ctx.grid is None:
         return
@@ -338,6 +347,13 @@ def to_reference(ctx: SubjectContext) -> None:
         if ctx.brain_mask is not None:
             ref = np.where(ctx.brain_mask, ref, np.nan).astype(np.float32)
         rec.data_ref = ref
+        # a map already on the reference grid, NaN outside its brain mask: the same bytes
+        identical = (
+            same
+            and np.array_equal(grid.affine, ctx.grid.affine)
+            and rec.path.is_file()
+            and np.array_equal(ref, rec.native, equal_nan=True)
+        )
         side = dict(rec.sidecar)
         side.update(
             {
@@ -349,12 +365,10 @@ def to_reference(ctx: SubjectContext) -> None:
                 + (" and the registration (Registration.Transform)" if world is not None else ""),
             }
         )
-        write_image(
-            ctx.cfg.output_dir,
-            rec.datatype,
-            dict(rec.entities, space=ctx.reference_name),
-            rec.suffix,
-            ref,
-            ctx.grid.affine,
-            side,
-        )
+        ents = dict(rec.entities, space=ctx.reference_name)
+        if identical:
+            link_image(ctx.cfg.output_dir, rec.datatype, ents, rec.suffix, rec.path, side)
+        else:
+            write_image(
+                ctx.cfg.output_dir, rec.datatype, ents, rec.suffix, ref, ctx.grid.affine, side
+            )

@@ -22,7 +22,7 @@ def _toy(name: str, calls: list[str]):
         def preprocess_key(self):
             return ("toy-preproc", 1)
 
-        def preprocess(self, data, *, mask, affine):
+        def preprocess(self, data, *, mask, affine, pool=None):
             calls.append(self.name)
             return {k: v * SCALE for k, v in data.items()}, {"scale": SCALE, "mask": mask}
 

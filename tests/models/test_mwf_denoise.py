@@ -190,7 +190,7 @@ def test_the_participant_driver_applies_the_hooks():
     series = signal.reshape(*shape, TE.size).astype(np.float32)
     mask = np.ones(shape, bool)
     mask[0] = False
-    ctx = SimpleNamespace(preprocessed={}, label="sub-01")
+    ctx = SimpleNamespace(preprocessed={}, label="sub-01", pool=None)
     inputs = LoadedInputs({"mese": series}, Grid(shape, np.eye(4)), ["echo-1.nii.gz"])
     model, loaded, fit_mask = preprocessed(ctx, _model(denoise="mppca"), inputs, mask)
     assert fit_mask is mask
