@@ -100,6 +100,7 @@ def main(argv=None):
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--compare-nprocs", action="store_true", help="also run --nprocs 1")
     p.add_argument("--tissue", action="store_true", help="use the provided tissue derivative")
+    p.add_argument("--models", nargs="+", help="passed to msqmri --models (default: all)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         bids = args.bids or Path(tmp) / "bids"
@@ -113,7 +114,7 @@ def main(argv=None):
         derivs = [f"lesions={bids / 'derivatives' / 'lesions'}"]
         if args.tissue:
             derivs.append(f"tissue={bids / 'derivatives' / 'tissue'}")
-        extra = ["--derivatives", *derivs]
+        extra = ["--derivatives", *derivs] + (["--models", *args.models] if args.models else [])
         out = Path(tmp) / "out"
         code, laps, wall = _run(bids, out, args.nprocs, extra)
         _print_laps(laps)
