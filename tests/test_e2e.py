@@ -237,27 +237,6 @@ def test_sidecar_traceability(small_run):
     assert "NumberOfOutOfRangeVoxels" in side
 
 
-def test_maps_on_the_reference_grid_are_linked_not_rewritten(small_run):
-    """A map fitted on the FLAIR grid with no registration applied has a voxel-identical
-    ``space-FLAIR`` copy: it is the same file (hard link), every other copy is its own."""
-    import json
-
-    linked = resampled = 0
-    for ref in sorted((small_run["out"] / "sub-01").rglob("*_space-FLAIR_*map.nii.gz")):
-        native = ref.with_name(ref.name.replace("_space-FLAIR", ""))
-        if not native.is_file():
-            continue
-        side = json.loads(ref.with_name(ref.name.replace(".nii.gz", ".json")).read_text())
-        same_file = ref.stat().st_ino == native.stat().st_ino
-        if side["Resampling"] == "none (same grid)" and same_file:
-            linked += 1
-            np.testing.assert_array_equal(_load(ref), _load(native))
-        else:
-            assert not same_file, ref.name
-            resampled += 1
-    assert linked > 0, (linked, resampled)
-
-
 def test_ignoring_b1_biases_t1_by_b1_squared(small_bids, tmp_path):
     """``--b1 none`` on data with a true B1 field: T1 comes out ~B1^2 T1 (small-angle SPGR:
     the apparent R1 scales by 1/B1^2), voxel by voxel, while ``auto`` has no such trend."""

@@ -93,3 +93,29 @@ def test_mode_none_writes_no_transform(runs):
     assert not list(anat.glob("*_xfm.txt"))
     side = json.loads((anat / "sub-01_T1map.json").read_text())
     assert side["Registration"]["Mode"] == "none"
+
+
+def test_maps_on_the_reference_grid_are_linked_not_rewritten(runs):
+    """With ``--registration none`` the VFA maps are on the FLAIR grid: each ``space-FLAIR``
+    copy is the native file itself (a hard link, same voxels); the moved VFA's are
+    resampled, so they are files of their own."""
+    import json
+
+    def pairs(out):
+        for ref in sorted((out / "sub-01" / "anat").glob("*_space-FLAIR_*map.nii.gz")):
+            native = ref.with_name(ref.name.replace("_space-FLAIR", ""))
+            if native.is_file():
+                side = json.loads(ref.with_name(ref.name.replace(".nii.gz", ".json")).read_text())
+                yield ref, native, side["Resampling"]
+
+    aligned = list(pairs(runs["aligned"]))
+    assert len(aligned) >= 3  # T1map, R1map, M0map
+    for ref, native, how in aligned:
+        assert how == "none (same grid)"
+        assert ref.stat().st_ino == native.stat().st_ino, ref.name
+        np.testing.assert_array_equal(nib.load(ref).get_fdata(), nib.load(native).get_fdata())
+    moved = list(pairs(runs["unregistered"]))
+    assert moved
+    for ref, native, how in moved:
+        assert how != "none (same grid)"
+        assert ref.stat().st_ino != native.stat().st_ino, ref.name
